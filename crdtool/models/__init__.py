@@ -1,0 +1,13 @@
+"""Generators (resnet, mobile_resnet, unet, searched) and the PatchGAN discriminator."""
+
+from crdtool.models.registry import (
+    GeneratorSpec,
+    build_discriminator,
+    build_generator,
+    generator_stride,
+    list_generators,
+    register_generator,
+)
+
+__all__ = ["GeneratorSpec", "build_discriminator", "build_generator", "generator_stride", "list_generators",
+           "register_generator"]
