@@ -1,0 +1,77 @@
+"""Safe image decoding and folder listing. A bad file is reported by path, never a crash mid-epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from crdtool.errors import CrdError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class BadImageError(CrdError):
+    """An unreadable, truncated or non-image file; ``path`` names it."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"cannot read image {path}: {reason}")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files directly in ``folder``; a missing or empty folder is a ``CrdError``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CrdError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise CrdError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode fully (so truncation is caught here, not later) and convert to RGB."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise BadImageError(path, str(e) or type(e).__name__) from e
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor (3, H, W) in [-1, 1], the generators' value range."""
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """(3, H, W) or (N, 3, H, W) in [-1, 1] -> uint8 HWC / NHWC, rounding like the reference."""
+    t = t.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+    return (t.permute(1, 2, 0) if t.dim() == 3 else t.permute(0, 2, 3, 1)).numpy()
+
+
+def load_folder_tensor(folder: str | Path, size: int | tuple[int, int], n: int | None = None,
+                       files: list[Path] | None = None) -> torch.Tensor:
+    """The first ``n`` readable images of a folder, resized (bicubic) to ``size``, as (N, 3, H, W) in [-1, 1].
+
+    Used for export verification, INT8 calibration and benchmark inputs. Unreadable files are skipped;
+    if none is readable the error names the folder.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    out = []
+    for p in files if files is not None else list_images(folder):
+        if n is not None and len(out) >= n:
+            break
+        try:
+            img = load_image(p)
+        except BadImageError:
+            continue
+        out.append(to_tensor(img.resize((w, h), Image.BICUBIC)))
+    if not out:
+        raise CrdError(f"no readable images in {folder}")
+    return torch.stack(out)
