@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,37 @@ def load_folder_tensor(folder: str | Path, size: int | tuple[int, int], n: int |
     if not out:
         raise CrdError(f"no readable images in {folder}")
     return torch.stack(out)
+
+
+class BadImageWarning(UserWarning):
+    """Emitted once per unreadable file that a dataset skipped."""
+
+
+class FallbackImages:
+    """Image ``i`` of a fixed file list; an unreadable file is recorded (once) and the next readable one
+    (i+1, i+2, ... wrapping) is used instead, so one bad file never ends an epoch and the substitute is
+    deterministic. ``bad_files`` may be a list shared with the owning dataset.
+    """
+
+    def __init__(self, paths: list[Path], folder: str | Path, bad_files: list[str] | None = None):
+        self.paths = list(paths)
+        self.folder = Path(folder)
+        self.bad_files = bad_files if bad_files is not None else []
+        self._bad: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> tuple[Image.Image, Path]:
+        n = len(self.paths)
+        for k in range(n):
+            path = self.paths[(index + k) % n]
+            if path in self._bad:
+                continue
+            try:
+                return load_image(path), path
+            except BadImageError as e:
+                self._bad.add(path)
+                self.bad_files.append(str(path))
+                warnings.warn(f"skipping unreadable image ({e})", BadImageWarning, stacklevel=2)
+        raise CrdError(f"no readable images in {self.folder}")

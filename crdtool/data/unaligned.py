@@ -1,0 +1,69 @@
+"""Unpaired (CycleGAN) dataset: root/{phase}A and root/{phase}B, as in pytorch-CycleGAN-and-pix2pix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from crdtool.data.images import FallbackImages, list_images
+from crdtool.data.transforms import (check_direction, check_sizes, eval_transform, resolve_key, sample_rng,
+                                     train_transform)
+from crdtool.errors import CrdError
+
+LAYOUT = "an unaligned dataset needs root/trainA, root/trainB, root/testA, root/testB (CycleGAN layout)"
+
+
+def _domain_files(folder: Path, max_size: int | None) -> list[Path]:
+    if not folder.is_dir():
+        raise CrdError(f"dataset folder not found: {folder}; {LAYOUT}")
+    files = list_images(folder)
+    return files[:max_size] if max_size is not None else files
+
+
+class UnalignedDataset(Dataset):
+    """Item i -> dict(A, B, A_path, B_path); A is the input domain (BtoA swaps the folders).
+
+    Length is max(len A, len B) like the reference; A cycles with i, B is drawn at random in training
+    (from the sample's own RNG, seeded by (seed, epoch, i)) and is i % len(B) otherwise.
+    Unreadable files are listed in ``bad_files`` and replaced by the next readable image. With loader
+    workers, each worker keeps its own ``bad_files`` copy (the warnings still appear).
+    """
+
+    def __init__(self, root: str | Path, phase: str = "train", load_size: int = 286, crop_size: int = 256,
+                 train: bool = True, seed: int = 0, direction: str = "AtoB", max_size: int | None = None):
+        check_sizes(load_size, crop_size)
+        check_direction(direction)
+        if max_size is not None and max_size < 1:
+            raise CrdError(f"max_size must be >= 1, got {max_size}")
+        self.root = Path(root)
+        self.phase, self.load_size, self.crop_size = phase, load_size, crop_size
+        self.train, self.seed, self.direction = train, seed, direction
+        self.epoch = 0
+        self.bad_files: list[str] = []
+        src, dst = ("A", "B") if direction == "AtoB" else ("B", "A")
+        self.dir_A, self.dir_B = self.root / f"{phase}{src}", self.root / f"{phase}{dst}"
+        self.files_A = FallbackImages(_domain_files(self.dir_A, max_size), self.dir_A, self.bad_files)
+        self.files_B = FallbackImages(_domain_files(self.dir_B, max_size), self.dir_B, self.bad_files)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return max(len(self.files_A), len(self.files_B))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
+        epoch, i = resolve_key(key, self.epoch, len(self))
+        if self.train:
+            rng = sample_rng(self.seed, epoch, i)
+            b_index = rng.randrange(len(self.files_B))
+            img_a, path_a = self.files_A.load(i % len(self.files_A))
+            img_b, path_b = self.files_B.load(b_index)
+            a = train_transform(img_a, rng, self.load_size, self.crop_size)
+            b = train_transform(img_b, rng, self.load_size, self.crop_size)
+        else:
+            img_a, path_a = self.files_A.load(i % len(self.files_A))
+            img_b, path_b = self.files_B.load(i % len(self.files_B))
+            a, b = eval_transform(img_a, self.crop_size), eval_transform(img_b, self.crop_size)
+        return {"A": a, "B": b, "A_path": str(path_a), "B_path": str(path_b)}

@@ -1,0 +1,226 @@
+"""TOML recipe -> typed, validated ``Recipe``. Errors are one line naming the file and the key.
+
+Sections: top level (name, task, seed, output_dir), [data], [teacher], [student], [discriminator],
+[loss], [train]. Relative paths are resolved against the recipe file's folder, so a recipe works
+from any working directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crdtool.errors import CrdError
+from crdtool.models.registry import GeneratorSpec
+
+RECIPE_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Section):
+    """If set, ``data.root`` is generated with ``crdtool data synth`` when it does not exist yet."""
+
+    kind: Literal["unpaired", "paired"] = "unpaired"
+    size: int = Field(64, ge=8)
+    count: int = Field(64, ge=4)
+    seed: int = 0
+
+
+class DataConfig(_Section):
+    root: Path
+    layout: Literal["unaligned", "aligned"] = "unaligned"
+    direction: Literal["AtoB", "BtoA"] = "AtoB"
+    load_size: int = Field(286, ge=8)
+    crop_size: int = Field(256, ge=8)
+    batch_size: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
+    eval_images: int = Field(8, ge=1, description="test images used for periodic fidelity evaluation and grids")
+    synth: Optional[SynthConfig] = None
+
+    @model_validator(mode="after")
+    def _crop_fits(self):
+        if self.crop_size > self.load_size:
+            raise ValueError(f"crop_size ({self.crop_size}) must be <= load_size ({self.load_size})")
+        return self
+
+
+class GeneratorConfig(_Section):
+    """A generator family + width, or ``arch = "path/arch.json"`` for a searched network."""
+
+    arch: str = "resnet"
+    ngf: int = Field(64, ge=1)
+    n_blocks: int = Field(9, ge=0)
+    num_downs: int = Field(8, ge=1)
+    norm: Optional[Literal["instance", "batch", "none"]] = None
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    checkpoint: Optional[Path] = Field(None, description="teacher only: load pretrained weights instead of training")
+
+    def spec(self) -> GeneratorSpec:
+        if self.arch.endswith(".json"):
+            from crdtool.models.searched import load_arch
+
+            return load_arch(self.arch)
+        return GeneratorSpec(self.arch, ngf=self.ngf, n_blocks=self.n_blocks, num_downs=self.num_downs,
+                             norm=self.norm, dropout=self.dropout).resolved()
+
+
+class DiscriminatorConfig(_Section):
+    ndf: int = Field(64, ge=1)
+    n_layers: int = Field(3, ge=1)
+    norm: Literal["instance", "batch", "none"] = "instance"
+    gan_mode: Literal["lsgan", "hinge"] = "lsgan"
+    student: Literal["frozen", "updated", "none"] = Field(
+        "frozen", description="online teacher D in student steps: frozen (paper), also updated, or not used")
+
+
+class LossConfig(_Section):
+    kd: Literal["crd", "instance_rkd", "none"] = "crd"
+    lambda_crd: float = Field(25.0, ge=0)
+    rows: float = Field(1.0, ge=0)
+    columns: float = Field(1.0, ge=0)
+    patches: float = Field(1.0, ge=0)
+    patch_size: int = Field(32, ge=1)
+    distance_weight: float = Field(1.0, ge=0)
+    angle_weight: float = Field(2.0, ge=0)
+    vgg_weights: Optional[Path] = Field(None, description="torchvision vgg16 state dict; unset = no perceptual loss")
+    lambda_style: float = Field(1e4, ge=0)
+    lambda_feature: float = Field(10.0, ge=0)
+    lambda_gan: float = Field(1.0, ge=0)
+    lambda_cycle: float = Field(10.0, ge=0)
+    lambda_identity: float = Field(0.5, ge=0)
+    lambda_l1: float = Field(100.0, ge=0)
+
+
+class TrainConfig(_Section):
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    teacher_epochs: int = Field(100, ge=0, description="epochs at constant lr")
+    teacher_epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to 0")
+    round_epochs: int = Field(10, ge=1, description="CycleGAN: teacher epochs between student rounds (h2z 10, s2w 6)")
+    student_epochs_per_round: int = Field(40, ge=0)
+    student_epochs: int = Field(200, ge=0, description="pretrained teacher: total student epochs (half constant, half decay)")
+    teacher_select: Literal["last", "fid"] = "last"
+    fid_every_round: bool = True
+    pool_size: int = Field(50, ge=0)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many student steps (smoke runs)")
+    eval_every: int = Field(500, ge=1, description="student steps between evaluations")
+    checkpoint_every: int = Field(500, ge=1, description="steps (teacher+student) between checkpoints")
+    keep_checkpoints: int = Field(1, ge=1)
+    nonfinite: Literal["stop", "skip"] = "stop"
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+
+
+class Recipe(_Section):
+    version: int = RECIPE_VERSION
+    name: str
+    task: Literal["cyclegan", "pix2pix"] = "cyclegan"
+    seed: int = 0
+    output_dir: Optional[Path] = None
+    data: DataConfig
+    teacher: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    student: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig(arch="mobile_resnet", ngf=16))
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    source: Optional[Path] = Field(None, exclude=True, description="the file this recipe was read from")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v > RECIPE_VERSION:
+            raise ValueError(f"recipe version {v} is newer than this crdtool understands ({RECIPE_VERSION})")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir if self.output_dir is not None else Path("runs") / self.name
+
+    def to_toml(self) -> str:
+        """The resolved recipe (absolute paths) as TOML, saved in the run folder for later commands."""
+        return dump_toml(self.model_dump(mode="json", exclude_none=True))
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    def fix(p: Optional[Path]) -> Optional[Path]:
+        return None if p is None or str(p) == "" else (p if p.is_absolute() else (base / p).resolve())
+
+    recipe.data.root = fix(recipe.data.root)
+    recipe.teacher.checkpoint = fix(recipe.teacher.checkpoint)
+    recipe.loss.vgg_weights = fix(recipe.loss.vgg_weights)
+    for g in (recipe.teacher, recipe.student):
+        if g.arch.endswith(".json") and not Path(g.arch).is_absolute():
+            g.arch = str((base / g.arch).resolve())
+    return recipe
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        msg = f"unknown key '{loc}'"
+    elif e["type"] == "missing":
+        msg = f"missing required key '{loc}'"
+    else:
+        given = e.get("input")
+        shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
+        msg = f"bad value for '{loc}'{shown}: {e['msg']}"
+    more = len(err.errors()) - 1
+    return f"{source}: {msg}" + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def parse_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | None = None) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise CrdError(_format_error(e, source)) from None
+    recipe.source = Path(source) if source != "<recipe>" else None
+    return _resolve_paths(recipe, base or Path.cwd())
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and validate a TOML recipe; ``overrides`` are dotted keys, e.g. ``{"train.max_steps": 10}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrdError(f"recipe not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise CrdError(f"{path}: not valid TOML: {e}") from None
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_recipe(data, str(path), path.parent.resolve())
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for recipe-shaped data (scalars, strings, one level of tables, inline sub-tables)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{s}"'
+
+    top = [f"{k} = {scalar(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    tables = [f"\n[{k}]\n" + "\n".join(f"{kk} = {scalar(vv)}" for kk, vv in v.items())
+              for k, v in data.items() if isinstance(v, dict)]
+    return "\n".join(top) + "\n" + "\n".join(tables) + "\n"

@@ -1,0 +1,632 @@
+"""The distillation loop: online teacher (CycleGAN or Pix2Pix) or pretrained teacher -> CRD student.
+
+Schedules (see the design note):
+- CycleGAN, online teacher: rounds of ``round_epochs`` teacher epochs followed by
+  ``student_epochs_per_round`` student epochs distilled from the best A->B teacher so far.
+- Pix2Pix, online teacher: teacher, discriminator and student stepped together every iteration
+  (the student learns from the teacher's pre-update output).
+- Pretrained teacher: student epochs only; the online discriminator (if used) keeps learning real vs
+  teacher output in every step and is frozen for the student's term.
+
+Everything random is a pure function of (seed, epoch, index) or lives in saved generator state, so
+a run resumed from any checkpoint ends with exactly the weights of an uninterrupted run (CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from crdtool.errors import CrdError
+from crdtool.fileio import ensure_writable_dir, write_bytes_atomic
+from crdtool.models import build_discriminator, build_generator, generator_stride
+from crdtool.models.checkpoints import load_generator, save_generator
+from crdtool.recipe import Recipe
+from crdtool.runtime import Runtime
+from crdtool.train import state as ckpt
+from crdtool.train.evaluate import evaluate_student, save_grid
+from crdtool.train.pool import ImagePool
+
+LOG_EVERY = 20
+
+
+@dataclass
+class Phase:
+    kind: str  # "teacher" | "student" | "joint"
+    epochs: int
+
+
+@dataclass
+class Progress:
+    """Counters saved in every checkpoint; together with the seed they fix all remaining randomness."""
+
+    phase: int = 0
+    epoch_in_phase: int = 0
+    batch_in_epoch: int = 0
+    teacher_epoch: int = 0
+    student_epoch: int = 0
+    step: int = 0
+    teacher_steps: int = 0
+    student_steps: int = 0
+    skipped_steps: int = 0
+    best_fid: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DistillResult:
+    run_dir: Path
+    student_path: Path
+    teacher_path: Path
+    steps: int
+    student_steps: int
+    last_eval: dict[str, Any] | None
+    first_eval: dict[str, Any] | None
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def linear_decay(epoch: int, constant: int, decay: int) -> float:
+    """pix2pix 'linear' policy: 1 for ``constant`` epochs, then linearly towards 0 over ``decay``."""
+    return 1.0 - max(0, epoch - constant) / float(decay + 1)
+
+
+def set_requires_grad(modules: list[nn.Module | None], flag: bool) -> None:
+    for m in modules:
+        if m is not None:
+            for p in m.parameters():
+                p.requires_grad_(flag)
+
+
+class Distiller:
+    """Owns models, optimizers and counters for one run; ``run()`` trains to the end or to a stop."""
+
+    def __init__(self, recipe: Recipe, runtime: Runtime | None = None, run_dir: Path | None = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+        self.r = recipe
+        t = recipe.train
+        self.rt = runtime or Runtime.create(t.device, t.precision,
+                                            {"auto": "auto", "on": True, "off": False}[t.channels_last], t.compile)
+        self.run_dir = Path(run_dir or recipe.run_dir)
+        self.on_progress = on_progress or (lambda info: None)
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = self.rank == 0
+        self.progress = Progress()
+        self._stop_signal: int | None = None
+        self._first_eval: dict[str, Any] | None = None
+        self._last_eval: dict[str, Any] | None = None
+        self._running: dict[str, float] = {}
+        self._running_n = 0
+        self._check_sizes()
+        self._build()
+
+    # ------------------------------------------------------------------ setup
+    def _check_sizes(self) -> None:
+        d = self.r.data
+        for role, g in (("teacher", self.r.teacher), ("student", self.r.student)):
+            s = generator_stride(g.spec())
+            if d.crop_size % s:
+                raise CrdError(f"data.crop_size {d.crop_size} is not divisible by the {role} generator's stride {s}")
+        if self.r.loss.kd == "crd" and self.r.loss.patches > 0 and d.crop_size % self.r.loss.patch_size:
+            raise CrdError(f"data.crop_size {d.crop_size} is not divisible by loss.patch_size {self.r.loss.patch_size}")
+
+    def _build(self) -> None:
+        from crdtool.data import build_dataset, test_phase
+        from crdtool.losses import CRDLoss, GANLoss, InstanceRKDLoss, PerceptualLoss, load_vgg16
+
+        r, rt = self.r, self.rt
+        torch.manual_seed(r.seed)
+        d = r.data
+        self.pix2pix = r.task == "pix2pix"
+        self.pretrained = r.teacher.checkpoint is not None
+        self.train_set = build_dataset(d.layout, d.root, "train", load_size=d.load_size, crop_size=d.crop_size,
+                                       train=True, seed=r.seed, direction=d.direction)
+        self.test_set = build_dataset(d.layout, d.root, test_phase(d.layout, d.root), load_size=d.load_size,
+                                      crop_size=d.crop_size, train=False, seed=r.seed, direction=d.direction)
+        n_eval = min(d.eval_images, len(self.test_set))
+        self.eval_inputs = torch.stack([self.test_set[i]["A"] for i in range(n_eval)])
+
+        # teacher generator(s)
+        if self.pretrained:
+            self.G_A = load_generator(r.teacher.checkpoint, r.teacher.spec() if self._teacher_spec_given() else None)
+        else:
+            self.G_A = build_generator(r.teacher.spec())
+        self.G_B = None
+        if not self.pretrained and not self.pix2pix:
+            spec_b = r.teacher.spec()
+            self.G_B = build_generator(spec_b)
+        self.student = build_generator(r.student.spec())
+        disc = r.discriminator
+        d_in = 6 if self.pix2pix else 3
+        uses_d = disc.student != "none" or not self.pretrained
+        self.D_A = build_discriminator(d_in, disc.ndf, disc.n_layers, disc.norm) if uses_d else None
+        self.D_B = build_discriminator(3, disc.ndf, disc.n_layers, disc.norm) if self.G_B is not None else None
+
+        for name in ("G_A", "G_B", "student", "D_A", "D_B"):
+            m = getattr(self, name)
+            if m is not None:
+                setattr(self, name, rt.module(m))
+        if self.pretrained:
+            self.G_A.eval()
+            set_requires_grad([self.G_A], False)
+        self.best_G_A: nn.Module | None = None  # frozen copy when teacher_select = "fid"
+
+        # losses
+        L = r.loss
+        self.gan = GANLoss(disc.gan_mode)
+        self.crd = CRDLoss(patch_size=L.patch_size, rows=L.rows, columns=L.columns, patches=L.patches,
+                           distance_weight=L.distance_weight, angle_weight=L.angle_weight,
+                           per_image=self.pix2pix) if L.kd == "crd" else None
+        self.irkd = InstanceRKDLoss() if L.kd == "instance_rkd" else None
+        self.perceptual = None
+        if L.vgg_weights is not None and (L.lambda_style > 0 or L.lambda_feature > 0):
+            self.perceptual = rt.module(PerceptualLoss(load_vgg16(L.vgg_weights)))
+
+        # optimizers (fused Adam on CUDA)
+        t = r.train
+        adam = dict(lr=t.lr, betas=(t.beta1, t.beta2))
+        if rt.is_cuda:
+            adam["fused"] = True
+        self.opt_S = torch.optim.Adam(self.student.parameters(), **adam)
+        self.opt_G = None
+        if not self.pretrained:
+            params = list(self.G_A.parameters()) + (list(self.G_B.parameters()) if self.G_B is not None else [])
+            self.opt_G = torch.optim.Adam(params, **adam)
+        self.opt_D = None
+        if self.D_A is not None:
+            params = list(self.D_A.parameters()) + (list(self.D_B.parameters()) if self.D_B is not None else [])
+            self.opt_D = torch.optim.Adam(params, **adam)
+        self.pool_A = ImagePool(t.pool_size if not self.pix2pix else 0, seed=r.seed + 11)
+        self.pool_B = ImagePool(t.pool_size if not self.pix2pix else 0, seed=r.seed + 12)
+        self.phases = self._plan()
+        self.student_total_epochs = sum(p.epochs for p in self.phases if p.kind in ("student", "joint"))
+        self.teacher_total = t.teacher_epochs + t.teacher_epochs_decay
+        self._wrap_distributed()
+
+    def _teacher_spec_given(self) -> bool:
+        """For a pretrained teacher the file describes itself unless the recipe names the family explicitly."""
+        return "arch" in self.r.teacher.model_fields_set
+
+    def _plan(self) -> list[Phase]:
+        t = self.r.train
+        total = t.teacher_epochs + t.teacher_epochs_decay
+        if self.pretrained:
+            return [Phase("student", t.student_epochs)]
+        if self.pix2pix:
+            return [Phase("joint", total)]
+        phases, done = [], 0
+        while done < total:
+            n = min(t.round_epochs, total - done)
+            phases.append(Phase("teacher", n))
+            done += n
+            if t.student_epochs_per_round > 0:
+                phases.append(Phase("student", t.student_epochs_per_round))
+        return phases
+
+    def _wrap_distributed(self) -> None:
+        """DDP over ranks: each trainable module wrapped for its forward; raw modules kept for saving."""
+        self.fwd = {name: getattr(self, name) for name in ("G_A", "G_B", "student", "D_A", "D_B")}
+        if self.world <= 1:
+            return
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.rt.is_cuda else "gloo")
+        dev = [self.rt.device.index] if self.rt.is_cuda else None
+        for name, m in list(self.fwd.items()):
+            if m is not None and any(p.requires_grad for p in m.parameters()):
+                self.fwd[name] = DDP(m, device_ids=dev, broadcast_buffers=False)
+
+    # ------------------------------------------------------------------ data
+    def _batches(self, kind: str, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of one epoch in a (seed, kind, epoch)-determined order, from batch ``start`` on."""
+        d = self.r.data
+        self.train_set.set_epoch(epoch + (0 if kind == "teacher" else 100_000))
+        g = torch.Generator().manual_seed(self.r.seed * 1_000_003 + epoch * 2 + (kind != "teacher"))
+        order = torch.randperm(len(self.train_set), generator=g).tolist()
+        order = order[self.rank::self.world]
+        bs = d.batch_size
+        n_batches = len(order) // bs
+        idx = order[start * bs:n_batches * bs]
+        loader = torch.utils.data.DataLoader(self.train_set, batch_size=bs, sampler=idx, num_workers=d.num_workers,
+                                             drop_last=True, persistent_workers=False,
+                                             pin_memory=self.rt.is_cuda)
+        yield from loader
+
+    def _epoch_len(self) -> int:
+        return (len(self.train_set) // self.world) // self.r.data.batch_size
+
+    # ------------------------------------------------------------------ steps
+    def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], opts: list) -> bool:
+        if torch.isfinite(loss).item():
+            return True
+        p = self.progress
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        if self.r.train.nonfinite == "skip":
+            for o in opts:
+                if o is not None:
+                    o.zero_grad(set_to_none=True)
+            p.skipped_steps += 1
+            return False
+        last = ckpt.latest_checkpoint(self.run_dir)
+        raise CrdError(f"non-finite loss at step {p.step} ({detail}); stopped. Last good checkpoint: "
+                       f"{last if last else 'none yet'} (train.nonfinite = \"skip\" skips such steps instead)")
+
+    def _d_step(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, terms: dict, key: str) -> torch.Tensor:
+        loss = self.gan.discriminator(D(real), D(fake.detach()))
+        terms[key] = loss
+        return loss
+
+    def cyclegan_teacher_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        rt, L = self.rt, self.r.loss
+        real_A, real_B = rt.tensor(batch["A"]), rt.tensor(batch["B"])
+        G_A, G_B, D_A, D_B = (self.fwd[k] for k in ("G_A", "G_B", "D_A", "D_B"))
+        set_requires_grad([self.D_A, self.D_B], False)
+        terms: dict[str, torch.Tensor] = {}
+        with rt.autocast():
+            fake_B, fake_A = G_A(real_A), G_B(real_B)
+            rec_A, rec_B = G_B(fake_B), G_A(fake_A)
+            terms["G_A"] = self.gan.generator(D_A(fake_B))
+            terms["G_B"] = self.gan.generator(D_B(fake_A))
+            terms["cycle_A"] = L.lambda_cycle * F.l1_loss(rec_A.float(), real_A.float())
+            terms["cycle_B"] = L.lambda_cycle * F.l1_loss(rec_B.float(), real_B.float())
+            if L.lambda_identity > 0:
+                terms["idt_A"] = L.lambda_cycle * L.lambda_identity * F.l1_loss(G_A(real_B).float(), real_B.float())
+                terms["idt_B"] = L.lambda_cycle * L.lambda_identity * F.l1_loss(G_B(real_A).float(), real_A.float())
+        loss_G = sum(terms.values())
+        if not self._check_finite(loss_G, terms, [self.opt_G]):
+            return {}
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self.opt_G.step()
+        set_requires_grad([self.D_A, self.D_B], True)
+        with rt.autocast():
+            loss_D = self._d_step(D_A, real_B, self.pool_B.query(fake_B.detach()), terms, "D_A") + \
+                self._d_step(D_B, real_A, self.pool_A.query(fake_A.detach()), terms, "D_B")
+        if not self._check_finite(loss_D, terms, [self.opt_D]):
+            return {}
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        self.opt_D.step()
+        self.progress.teacher_steps += 1
+        return {k: float(v) for k, v in terms.items()}
+
+    def _student_terms(self, real_A: torch.Tensor, teacher_out: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        L, rt = self.r.loss, self.rt
+        terms: dict[str, torch.Tensor] = {}
+        with rt.autocast():
+            s = self.fwd["student"](real_A)
+            if self.crd is not None and L.lambda_crd > 0:
+                terms["crd"] = L.lambda_crd * self.crd(s.float(), teacher_out.float())
+            if self.irkd is not None and L.lambda_crd > 0:
+                terms["rkd"] = L.lambda_crd * self.irkd(s.float(), teacher_out.float())
+            if self.perceptual is not None:
+                style, feat = self.perceptual(s, teacher_out)
+                terms["style"] = L.lambda_style * style
+                terms["feature"] = L.lambda_feature * feat
+            if self.D_A is not None and self.r.discriminator.student != "none" and L.lambda_gan > 0:
+                d_in = torch.cat([real_A, s], 1) if self.pix2pix else s
+                terms["gan"] = L.lambda_gan * self.gan.generator(self.fwd["D_A"](d_in))
+        if not terms:
+            raise CrdError("the student has no loss term: enable loss.kd, the perceptual loss or the discriminator")
+        return s, terms
+
+    def student_step(self, batch: dict[str, torch.Tensor], teacher_out: torch.Tensor | None = None) -> dict[str, float]:
+        """One student update. The teacher's D is frozen here (no grads, not stepped) unless mode 'updated'."""
+        rt = self.rt
+        real_A = rt.tensor(batch["A"])
+        teacher = self.best_G_A if self.best_G_A is not None else self.G_A
+        if teacher_out is None:
+            with torch.inference_mode(), rt.autocast():
+                was = teacher.training
+                teacher.eval()
+                teacher_out = teacher(real_A).float()
+                teacher.train(was)
+            teacher_out = teacher_out.clone()
+        set_requires_grad([self.D_A], False)
+        s, terms = self._student_terms(real_A, teacher_out)
+        set_requires_grad([self.D_A], True)
+        loss = sum(terms.values())
+        if not self._check_finite(loss, terms, [self.opt_S]):
+            return {}
+        self.opt_S.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_S.step()
+        mode = self.r.discriminator.student
+        if self.D_A is not None and (self.pretrained or mode == "updated"):
+            # pretrained teacher: D keeps learning real vs teacher output (its "teacher step");
+            # 'updated' ablation: D also learns from the student's fakes.
+            real_B = rt.tensor(batch["B"])
+            fakes = []
+            if self.pretrained and not self.pix2pix:
+                fakes.append(teacher_out)
+            if mode == "updated":
+                fakes.append(s.detach())
+            if fakes:
+                with rt.autocast():
+                    D = self.fwd["D_A"]
+                    d_loss = sum(self.gan.discriminator(self._d_input(real_A, real_B, D),
+                                                        self._d_input(real_A, f, D)) for f in fakes) / len(fakes)
+                terms["D_A"] = d_loss
+                if self._check_finite(d_loss, terms, [self.opt_D]):
+                    self.opt_D.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    self.opt_D.step()
+        self.progress.student_steps += 1
+        return {k: float(v) for k, v in terms.items()}
+
+    def _d_input(self, real_A: torch.Tensor, img: torch.Tensor, D: nn.Module) -> torch.Tensor:
+        return D(torch.cat([real_A, img], 1) if self.pix2pix else img)
+
+    def pix2pix_joint_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Teacher G, its D and the student together; the student distils the pre-update teacher output."""
+        rt, L = self.rt, self.r.loss
+        real_A, real_B = rt.tensor(batch["A"]), rt.tensor(batch["B"])
+        G, D = self.fwd["G_A"], self.fwd["D_A"]
+        terms: dict[str, torch.Tensor] = {}
+        with rt.autocast():
+            fake_B = G(real_A)
+        teacher_out = fake_B.detach().float()
+        set_requires_grad([self.D_A], True)
+        with rt.autocast():
+            loss_D = self._d_step(D, torch.cat([real_A, real_B], 1), torch.cat([real_A, fake_B.detach()], 1),
+                                  terms, "D")
+        if self._check_finite(loss_D, terms, [self.opt_D]):
+            self.opt_D.zero_grad(set_to_none=True)
+            loss_D.backward()
+            self.opt_D.step()
+        set_requires_grad([self.D_A], False)
+        with rt.autocast():
+            terms["G_gan"] = self.gan.generator(D(torch.cat([real_A, fake_B], 1)))
+            terms["G_l1"] = L.lambda_l1 * F.l1_loss(fake_B.float(), real_B.float())
+        loss_G = terms["G_gan"] + terms["G_l1"]
+        if self._check_finite(loss_G, terms, [self.opt_G]):
+            self.opt_G.zero_grad(set_to_none=True)
+            loss_G.backward()
+            self.opt_G.step()
+        set_requires_grad([self.D_A], True)
+        self.progress.teacher_steps += 1
+        out = {k: float(v) for k, v in terms.items()}
+        out.update({f"S_{k}": v for k, v in self.student_step(batch, teacher_out).items()})
+        return out
+
+    # ------------------------------------------------------------------ schedule
+    def _set_lrs(self, phase: Phase) -> None:
+        t, p = self.r.train, self.progress
+        lr_t = t.lr * linear_decay(p.teacher_epoch, t.teacher_epochs, t.teacher_epochs_decay)
+        n = self.student_total_epochs
+        if phase.kind == "joint":
+            lr_s = lr_t
+        else:
+            lr_s = t.lr * linear_decay(p.student_epoch, n // 2, n - n // 2)
+        for opt, lr in ((self.opt_G, lr_t), (self.opt_S, lr_s), (self.opt_D, lr_t)):
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr
+
+    def _select_teacher(self) -> None:
+        """End of a teacher round: keep the best A->B teacher (tracked per direction)."""
+        if self.r.train.teacher_select == "last" or self.pretrained:
+            return
+        from crdtool.metrics.fid import teacher_fid  # lazy: only with Inception weights
+
+        for direction, G in (("AtoB", self.G_A), ("BtoA", self.G_B)):
+            if G is None:
+                continue
+            score = teacher_fid(self, direction, G)
+            best = self.progress.best_fid.get(direction, math.inf)
+            if score < best:
+                self.progress.best_fid[direction] = score
+                if direction == "AtoB":
+                    self.best_G_A = copy.deepcopy(self.G_A).eval()
+                    set_requires_grad([self.best_G_A], False)
+            self._log({"kind": "teacher_eval", "direction": direction, "fid": score,
+                       "best": self.progress.best_fid[direction]})
+
+    # ------------------------------------------------------------------ checkpoints
+    def fingerprint(self) -> dict[str, Any]:
+        r = self.r
+        return {"task": r.task, "teacher": r.teacher.spec().to_dict(), "student": r.student.spec().to_dict(),
+                "discriminator": r.discriminator.model_dump(mode="json"), "pretrained": self.pretrained,
+                "seed": r.seed, "batch_size": r.data.batch_size, "world_size": self.world}
+
+    def snapshot(self) -> ckpt.Snapshot:
+        snap = ckpt.Snapshot()
+        for name in ("G_A", "G_B", "student", "D_A", "D_B", "best_G_A"):
+            m = getattr(self, name)
+            if m is not None:
+                ckpt.module_weights(name, m, snap)
+        for name in ("opt_S", "opt_G", "opt_D"):
+            opt = getattr(self, name)
+            if opt is not None:
+                ckpt.pack_optimizer(name, opt, snap)
+        self.pool_A.pack("A", snap.tensors, snap.state)
+        self.pool_B.pack("B", snap.tensors, snap.state)
+        ckpt.capture_rng(snap)
+        snap.state["progress"] = self.progress.__dict__.copy()
+        snap.state["fingerprint"] = self.fingerprint()
+        return snap
+
+    def restore(self, path: Path) -> None:
+        snap = ckpt.load_checkpoint(path)
+        saved = snap.state.get("fingerprint")
+        now = self.fingerprint()
+        if saved != now:
+            diff = next(k for k in now if saved is None or saved.get(k) != now[k])
+            raise CrdError(f"checkpoint {path} does not match this recipe: '{diff}' differs "
+                           f"({saved.get(diff) if saved else None!r} vs {now[diff]!r})")
+        for name in ("G_A", "G_B", "student", "D_A", "D_B"):
+            m = getattr(self, name)
+            if m is not None:
+                ckpt.load_module_weights(name, m, snap, path)
+        if any(k.startswith("best_G_A.") for k in snap.weights):
+            self.best_G_A = copy.deepcopy(self.G_A)
+            ckpt.load_module_weights("best_G_A", self.best_G_A, snap, path)
+            self.best_G_A.eval()
+            set_requires_grad([self.best_G_A], False)
+        for name in ("opt_S", "opt_G", "opt_D"):
+            opt = getattr(self, name)
+            if opt is not None:
+                ckpt.unpack_optimizer(name, opt, snap)
+        self.pool_A.unpack("A", snap.tensors, self.rt.device)
+        self.pool_B.unpack("B", snap.tensors, self.rt.device)
+        ckpt.restore_rng(snap)
+        self.progress = Progress(**snap.state["progress"])
+
+    def save(self) -> None:
+        if not self.is_main:
+            return
+        ckpt.save_checkpoint(self.run_dir, self.progress.step, self.snapshot(), keep=self.r.train.keep_checkpoints)
+        self.export_generators()
+
+    def export_generators(self) -> None:
+        """student.safetensors / teacher.safetensors at the run root: what profile/export/bench read."""
+        teacher = self.best_G_A if self.best_G_A is not None else self.G_A
+        meta = {"recipe": self.r.name, "step": str(self.progress.step)}
+        save_generator(self.student, self.run_dir / "student.safetensors", meta)
+        save_generator(teacher, self.run_dir / "teacher.safetensors", meta)
+
+    # ------------------------------------------------------------------ logging / eval
+    def _log(self, row: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        row = {"step": self.progress.step, "student_step": self.progress.student_steps, "time": time.time(), **row}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def evaluate(self) -> dict[str, Any]:
+        teacher = self.best_G_A if self.best_G_A is not None else self.G_A
+        fid, t_out, s_out = evaluate_student(self.student, teacher, self.eval_inputs)
+        row = {"kind": "eval", **fid.to_dict()}
+        if self.is_main:
+            grid = self.run_dir / "samples" / f"step-{self.progress.step:08d}.png"
+            save_grid(grid, [self.eval_inputs, t_out, s_out])
+            row["grid"] = str(grid.relative_to(self.run_dir))
+        self._log(row)
+        if self._first_eval is None:
+            self._first_eval = row
+        self._last_eval = row
+        return row
+
+    def _track(self, losses: dict[str, float]) -> None:
+        for k, v in losses.items():
+            self._running[k] = self._running.get(k, 0.0) + v
+        self._running_n += 1
+        if self.progress.step % LOG_EVERY == 0 and self._running_n:
+            self._log({"kind": "train", **{k: v / self._running_n for k, v in self._running.items()}})
+            self._running, self._running_n = {}, 0
+
+    # ------------------------------------------------------------------ main loop
+    def total_steps(self) -> int:
+        per_epoch = self._epoch_len()
+        return sum(ph.epochs * per_epoch * (2 if ph.kind == "joint" else 1) for ph in self.phases)
+
+    def _handle_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def run(self, resume: bool = False) -> DistillResult:
+        start = time.time()
+        self._prepare_run_dir(resume)
+        handlers = {}
+        try:
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    handlers[s] = signal.signal(s, self._handle_signal)
+        except ValueError:
+            pass
+        try:
+            interrupted = self._loop()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        return DistillResult(self.run_dir, self.run_dir / "student.safetensors", self.run_dir / "teacher.safetensors",
+                             self.progress.step, self.progress.student_steps, self._last_eval, self._first_eval,
+                             interrupted, time.time() - start)
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        ensure_writable_dir(self.run_dir)
+        last = ckpt.latest_checkpoint(self.run_dir)
+        if resume:
+            if last is None:
+                raise CrdError(f"nothing to resume in {self.run_dir} (no checkpoints/latest.json)")
+            self.restore(last)
+        elif last is not None:
+            raise CrdError(f"{self.run_dir} already holds a run (checkpoint {last.name}); pass --resume to continue it "
+                           f"or choose another output_dir")
+        if self.is_main:
+            write_bytes_atomic(self.run_dir / "recipe.toml", self.r.to_toml().encode())
+
+    def _loop(self) -> bool:
+        p, t = self.progress, self.r.train
+        if p.step == 0 and p.phase == 0 and p.batch_in_epoch == 0 and p.epoch_in_phase == 0:
+            self.evaluate()
+        last_ckpt_step = p.step
+        if t.max_steps is not None and p.student_steps >= t.max_steps:
+            return False
+        while p.phase < len(self.phases):
+            phase = self.phases[p.phase]
+            while p.epoch_in_phase < phase.epochs:
+                self._set_lrs(phase)
+                epoch = p.teacher_epoch if phase.kind != "student" else p.student_epoch
+                for batch in self._batches(phase.kind, epoch, p.batch_in_epoch):
+                    if phase.kind == "teacher":
+                        losses = self.cyclegan_teacher_step(batch)
+                    elif phase.kind == "joint":
+                        losses = self.pix2pix_joint_step(batch)
+                    else:
+                        losses = self.student_step(batch)
+                    p.batch_in_epoch += 1
+                    p.step += 1
+                    self._track(losses)
+                    self.on_progress({"phase": phase.kind, "step": p.step, "losses": losses})
+                    is_student = phase.kind != "teacher"
+                    if is_student and p.student_steps % t.eval_every == 0:
+                        self.evaluate()
+                    done = t.max_steps is not None and p.student_steps >= t.max_steps
+                    if done or self._stop_signal is not None:
+                        if p.batch_in_epoch >= self._epoch_len():
+                            self._end_epoch(phase)
+                        self.save()
+                        if done and self._last_eval_step() != p.step:
+                            self.evaluate()
+                        return self._stop_signal is not None
+                    if p.step - last_ckpt_step >= t.checkpoint_every:
+                        self.save()
+                        last_ckpt_step = p.step
+                self._end_epoch(phase)
+            if phase.kind == "teacher":
+                self._select_teacher()
+            p.phase += 1
+            p.epoch_in_phase = 0
+            self.save()
+            last_ckpt_step = p.step
+        if self._last_eval_step() != p.step:
+            self.evaluate()
+        self.save()
+        return False
+
+    def _end_epoch(self, phase: Phase) -> None:
+        p = self.progress
+        p.batch_in_epoch = 0
+        p.epoch_in_phase += 1
+        if phase.kind in ("teacher", "joint"):
+            p.teacher_epoch += 1
+        if phase.kind in ("student", "joint"):
+            p.student_epoch += 1
+
+    def _last_eval_step(self) -> int | None:
+        return None if self._last_eval is None else self._last_eval["step"]
