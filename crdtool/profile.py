@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -142,10 +143,17 @@ def profile_document(result: ModelProfile | Comparison) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- counting rules (fvcore handles)
 
-def _shape(value: Any) -> list[int] | None:
-    from fvcore.nn.jit_handles import get_shape
+def _fvcore_nn():
+    """fvcore.nn, imported quietly: its import scripts a few losses with the deprecated torch.jit.script."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import fvcore.nn
+        import fvcore.nn.jit_handles  # noqa: F401
+    return fvcore.nn
 
-    return get_shape(value)
+
+def _shape(value: Any) -> list[int] | None:
+    return _fvcore_nn().jit_handles.get_shape(value)
 
 
 def _numel(value: Any) -> int:
@@ -171,7 +179,8 @@ def _contraction(fvcore_handle: Callable, op: str) -> Callable:
     """Linear algebra ops: fvcore already counts one per MAC; the same in both conventions."""
 
     def handle(inputs: list, outputs: list) -> Counter:
-        n = sum(fvcore_handle(inputs, outputs).values())
+        n = fvcore_handle(inputs, outputs)
+        n = sum(n.values()) if isinstance(n, Counter) else n
         return _both(op, n, n)
 
     return handle
@@ -195,8 +204,7 @@ def _literature_elementwise(op: str, per_element: int = 1) -> Callable:
 
 
 def _op_handles() -> dict[str, Callable]:
-    from fvcore.nn import jit_handles as jh
-
+    jh = _fvcore_nn().jit_handles
     handles: dict[str, Callable] = {
         "aten::_convolution": _conv_handle,
         "aten::addmm": _contraction(jh.addmm_flop_jit, "linear"),
@@ -240,8 +248,7 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 256
     The model is traced once, in eval mode (batch norm on a 1x1 map needs running statistics) and
     without gradients; its training flag is restored afterwards.
     """
-    from fvcore.nn import FlopCountAnalysis
-
+    FlopCountAnalysis = _fvcore_nn().FlopCountAnalysis
     input_shape = tuple(int(s) for s in input_shape)
     for side in sorted(set(input_shape[2:])):
         check_size(model, side)
@@ -262,14 +269,18 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 256
     analysis.set_op_handle(**_op_handles())
     analysis.set_op_handle(**{op: None for op in _ZERO_OPS})
     logger = logging.getLogger("fvcore.nn.jit_analysis")
-    level = logger.level
+    level, threads = logger.level, torch.get_num_threads()
     try:
         model.eval()
         logger.setLevel(logging.ERROR)
+        # The trace runs a real forward whose speed does not matter; one intra-op thread avoids OpenMP
+        # spin-waiting, which made it several times slower on a busy 2-core machine.
+        torch.set_num_threads(1)
         with torch.no_grad():
             counts = analysis.by_module_and_operator()
         unsupported = dict(analysis.unsupported_ops())
     finally:
+        torch.set_num_threads(threads)
         logger.setLevel(level)
         model.train(was_training)
         for h in hooks:
@@ -386,5 +397,8 @@ def format_ratio(r: float) -> str:
     return "inf" if math.isinf(r) else f"{r:.1f}x"
 
 
-def format_shape(shape: Iterable[int] | None) -> str:
-    return "x".join(str(s) for s in shape) if shape else "-"
+def format_shape(shape: Sequence[int] | None, batch: bool = True) -> str:
+    """1x3x256x256, or 3x256x256 without the batch dimension."""
+    if not shape:
+        return "-"
+    return "x".join(str(s) for s in (shape if batch else shape[1:]))

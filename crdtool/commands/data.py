@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from crdtool.commands.common import console, user_errors
 from crdtool.data.synth import make_synthetic_dataset, split_counts, synth_matches
-from crdtool.errors import CrdError
 
 data_app = typer.Typer(help="Dataset utilities: generate a small synthetic dataset.", no_args_is_help=True)
 
 
 @data_app.command("synth")
+@user_errors
 def synth(
     out: Path = typer.Argument(..., help="Folder to write (created; reused if it already matches)."),
     kind: str = typer.Option("unpaired", "--kind", help="unpaired (CycleGAN layout) or paired (pix2pix A|B)."),
@@ -22,13 +22,8 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Same seed -> identical files."),
 ) -> None:
     """Write a deterministic synthetic dataset (shapes -> striped shapes, or edges -> shaded shapes)."""
-    console = Console()
-    try:
-        reused = synth_matches(out, kind, size, count, seed)
-        path = make_synthetic_dataset(out, kind=kind, size=size, count=count, seed=seed)
-    except CrdError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    reused = synth_matches(out, kind, size, count, seed)
+    path = make_synthetic_dataset(out, kind=kind, size=size, count=count, seed=seed)
     verb = "kept existing" if reused else "wrote"
     splits = ", ".join(f"{name} {n}" for name, n in split_counts(kind, count).items())
     console.print(f"{verb} {kind} dataset at [bold]{path}[/bold]: {splits} ({size}x{size}, seed {seed})",

@@ -10,6 +10,7 @@ import json
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -85,12 +86,15 @@ def _profile_target(target: Optional[str], model: Optional[str], ngf: int, n_blo
 # ---------------------------------------------------------------- rendering (also used by quickstart)
 
 _LABELS = {"literature": "MACs (literature)", "exact": "MACs (exact)"}
+_SHORT = {"literature": "lit.", "exact": "exact"}
+_CAPTION = "lit. = literature MACs (torchprofile-compatible), exact = every multiply-accumulate once"
 
 
 def render_profile(console: Console, result: ModelProfile, top: int = 0,
                    convention: str = DEFAULT_CONVENTION) -> None:
     """Totals of one model, then its ``top`` heaviest layers."""
-    table = Table(title=f"{result.name} @ {format_shape(result.input_shape)}", title_justify="left")
+    console.print(f"{result.name} @ {format_shape(result.input_shape)}", style="bold", markup=False, highlight=False)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for c in CONVENTIONS:
@@ -107,7 +111,8 @@ def render_comparison(console: Console, comparison: Comparison, top: int = 0,
     """Teacher | student | ratio for MACs in both conventions and params (crdtool quickstart ends with this)."""
     t, s = comparison.teacher, comparison.student
     title = f"{comparison.name + ': ' if comparison.name else ''}teacher vs student @ {format_shape(t.input_shape)}"
-    table = Table(title=title, title_justify="left")
+    console.print(title, style="bold", markup=False, highlight=False)
+    table = Table()
     table.add_column("metric")
     table.add_column(f"teacher ({t.name})", justify="right")
     table.add_column(f"student ({s.name})", justify="right")
@@ -125,19 +130,25 @@ def render_comparison(console: Console, comparison: Comparison, top: int = 0,
 
 def render_top(console: Console, result: ModelProfile, k: int, convention: str = DEFAULT_CONVENTION,
                label: str = "") -> None:
-    other = [c for c in CONVENTIONS if c != convention]
-    table = Table(title=f"{label + ' ' if label else ''}{result.name}: top {k} layers by {convention} MACs",
-                  title_justify="left")
-    for name, justify in (("#", "right"), ("module", "left"), ("op", "left"), ("input", "left"),
-                          ("output", "left"), (f"MACs ({convention})", "right"),
-                          *((f"MACs ({c})", "right") for c in other), ("params", "right"), ("share", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    # the second convention only where it fits: an 80-column terminal keeps the essentials uncut
+    other = [c for c in CONVENTIONS if c != convention] if console.width >= 100 else []
+    console.print(f"{label + ' ' if label else ''}{result.name}: top {k} layers by {convention} MACs "
+                  f"(shapes CxHxW, batch {result.input_shape[0]})", style="bold", markup=False, highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("module", overflow="fold", min_width=8)  # long paths wrap; numbers and shapes never get cut
+    table.add_column("op", overflow="fold", min_width=6)
+    for name in ("input", "output"):
+        table.add_column(name, no_wrap=True)
+    for name in (_SHORT[convention], *(_SHORT[c] for c in other), "params", "share"):
+        table.add_column(name, justify="right", no_wrap=True)
     for i, row in enumerate(result.top(k, convention), 1):
-        table.add_row(str(i), row.path or "<root>", row.op, format_shape(row.input_shape),
-                      format_shape(row.output_shape), format_macs(row.macs[convention]),
-                      *(format_macs(row.macs[c]) for c in other), format_params(row.params),
+        table.add_row(str(i), row.path or "<root>", row.op, format_shape(row.input_shape, batch=False),
+                      format_shape(row.output_shape, batch=False), format_macs(row.macs[convention]),
+                      *(format_macs(row.macs[c]) for c in other), format_macs(row.params),
                       f"{100 * result.share(row, convention):.1f}%")
     console.print(table)
+    console.print(_CAPTION, style="dim", markup=False, highlight=False)
 
 
 def _render_notes(console: Console, result: ModelProfile) -> None:

@@ -70,21 +70,26 @@ class EpochBatchSampler(Sampler[list]):
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, drop_last: bool = True,
-                 skip_batches: int = 0, keyed: bool = True):
+                 skip_batches: int = 0, keyed: bool = True, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise CrdError(f"batch_size must be >= 1, got {batch_size}")
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.seed, self.epoch, self.drop_last = seed, epoch, drop_last
         self.skip_batches, self.keyed = max(0, int(skip_batches)), keyed
+        self.rank, self.world_size = rank, world_size  # DDP: rank r takes every world_size-th sample
+
+    def _n_local(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
 
     def order(self) -> list[int]:
         if not self.shuffle:
-            return list(range(self.n))
+            return list(range(self.n))[self.rank::self.world_size]
         g = torch.Generator().manual_seed(order_seed(self.seed, self.epoch))
-        return torch.randperm(self.n, generator=g).tolist()
+        return torch.randperm(self.n, generator=g).tolist()[self.rank::self.world_size]
 
     def _total(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        n = self._n_local()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __len__(self) -> int:
         return max(0, self._total() - self.skip_batches)
@@ -97,14 +102,16 @@ class EpochBatchSampler(Sampler[list]):
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int = 0,
-                drop_last: bool = True, skip_batches: int = 0, pin_memory: bool = False) -> DataLoader:
+                drop_last: bool = True, skip_batches: int = 0, pin_memory: bool = False, rank: int = 0,
+                world_size: int = 1) -> DataLoader:
     """A DataLoader whose batches are a pure function of (seed, epoch); ``skip_batches`` resumes mid-epoch
     without decoding the skipped samples. No worker_init_fn is needed: each sample seeds its own RNG.
     """
     keyed = hasattr(dataset, "set_epoch")
     if keyed:
         dataset.set_epoch(epoch)
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, epoch, drop_last, skip_batches, keyed)
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, epoch, drop_last, skip_batches, keyed,
+                                rank, world_size)
     # An explicit generator keeps DataLoader from drawing worker base seeds from torch's global RNG,
     # which would otherwise shift the training RNG stream depending on num_workers.
     gen = torch.Generator().manual_seed(order_seed(seed, epoch) ^ 0x5EED)

@@ -14,12 +14,13 @@ Two implementations of the same numbers live here:
   <x_j - x_i, x_k - x_i> = (d2_ij + d2_ik - d2_jk) / 2, so the D factor disappears. The n^3 angle
   part runs in chunks of anchors i with a hand-written gradient (no autograd graph of size n^3).
 
-Degenerate pairs: a pair whose squared distance is at most ``tol * (|x_i|^2 + |x_j|^2)`` (norms of
-the pieces after subtracting their mean; tol 1e-5 in float32, 1e-12 in float64) counts as
-identical in BOTH implementations: its distance is sqrt(1e-12) (the clamp) and its unit
-difference vector is 0 (as for j = i), both without gradient. This is what makes the Gram path
-agree with the literal one on duplicated pieces (flat image regions), where the Gram path's
-rounding would otherwise invent a direction.
+Degenerate pairs: a pair whose squared distance is at most ``1e-10 * (|x_i|^2 + |x_j|^2)`` (norms
+of the pieces after subtracting their mean) counts as identical in BOTH implementations: its
+distance is sqrt(1e-12) (the clamp) and its unit difference vector is 0 (as for j = i), both
+without gradient. This is what makes the Gram path agree with the literal one on duplicated
+pieces (flat image regions), where the Gram path's rounding would otherwise invent a direction.
+The Gram matrix itself is computed in float64 (on devices without float64 in float32, with the
+tolerance raised to 1e-5); everything else runs in float32, or float64 for float64 inputs.
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ def _no_autocast(x: torch.Tensor):
         return contextlib.nullcontext()
 
 
-def _identical_tol(dtype: torch.dtype) -> float:
-    return 1e-12 if dtype == torch.float64 else 1e-5
+def _gram_dtype(device: torch.device) -> torch.dtype:
+    """The Gram path cancels large terms (|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>), so it runs in float64
+    (an O(n^2 D) matmul, cheap next to the O(n^3) angle part) where the device has float64."""
+    return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+
+
+def _identical_tol(device: torch.device) -> float:
+    return 1e-10 if _gram_dtype(device) == torch.float64 else 1e-5
 
 
 def _centered_sqnorms(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +69,7 @@ def _centered_sqnorms(x: torch.Tensor) -> torch.Tensor:
 
 def _identical(d2: torch.Tensor, sqnorm: torch.Tensor) -> torch.Tensor:
     """Mask of pairs treated as the same piece: the diagonal and (near-)duplicates."""
-    tol = _identical_tol(d2.dtype)
+    tol = _identical_tol(d2.device)
     same = d2 <= tol * (sqnorm[:, None] + sqnorm[None, :])
     same.fill_diagonal_(True)
     return same
@@ -79,17 +86,17 @@ def _huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- literal reference
 
-def _pdist_literal(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise distances from the materialised (n, n, D) differences; returns (d, identical)."""
+def _pdist_literal(x: torch.Tensor) -> torch.Tensor:
+    """Pairwise distances from the materialised (n, n, D) differences."""
     diff = x.unsqueeze(0) - x.unsqueeze(1)  # [i, j] = x_j - x_i
     d2 = diff.pow(2).sum(-1)
     same = _identical(d2.detach(), _centered_sqnorms(x.detach()))
     d = d2.masked_fill(same, 0.0).clamp(min=EPS_SQ).sqrt()
-    return d.masked_fill(torch.eye(len(x), dtype=torch.bool, device=x.device), 0.0), same
+    return d.masked_fill(torch.eye(len(x), dtype=torch.bool, device=x.device), 0.0)
 
 
 def _normalized_distances_literal(x: torch.Tensor) -> torch.Tensor:
-    d, _ = _pdist_literal(x)
+    d = _pdist_literal(x)
     return d / d[d > 0].mean()
 
 
@@ -132,12 +139,12 @@ def rkd_angle_literal(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
 def _prepared(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairwise squared distances from the Gram matrix of the centred pieces (identical pairs,
     the diagonal included, set to 0) and the identical-pair mask."""
-    xc = x - x.mean(0, keepdim=True)  # translation-invariant; shrinks the Gram's rounding error
+    xc = (x - x.mean(0, keepdim=True)).to(_gram_dtype(x.device))  # centring shrinks the rounding error
     g = xc @ xc.T
     sq = torch.diagonal(g)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * g).clamp(min=0.0)
     same = _identical(d2.detach(), sq.detach())
-    return d2.masked_fill(same, 0.0), same
+    return d2.masked_fill(same, 0.0).to(x.dtype), same
 
 
 def _normalized_distances(d2: torch.Tensor) -> torch.Tensor:
@@ -150,77 +157,70 @@ def _normalized_distances(d2: torch.Tensor) -> torch.Tensor:
 
 def rkd_distance(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     """RKD distance loss between (n, D) piece matrices, from the Gram matrix (O(n^2 D))."""
-    _check_pair(xs, xt)
-    dt = _compute_dtype(xs)
-    if len(xs) < 2:
-        return xs.new_zeros((), dtype=dt) + 0.0 * xs.sum()
-    with _no_autocast(xs):
-        with torch.no_grad():
-            t = _normalized_distances(_prepared(xt.detach().to(dt))[0])
-        s = _normalized_distances(_prepared(xs.to(dt))[0])
-        return _huber(s, t)
+    return rkd_loss(xs, xt, distance_weight=1.0, angle_weight=0.0)
 
 
-def _inv_and_norm(d2: torch.Tensor, same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """1/|x_j - x_i| and |x_j - x_i| per [i, j], both 0 where the pair counts as identical."""
-    inv = d2.clamp(min=EPS_SQ).rsqrt().masked_fill(same, 0.0)
-    return inv, d2 * inv
+def _half_inverse_norms(d2: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """sqrt(1/2) / |x_j - x_i| per [i, j]; 0 where the pair counts as identical (j = i included)."""
+    return d2.clamp(min=EPS_SQ).rsqrt().masked_fill(same, 0.0).mul_(0.5 ** 0.5)
 
 
-def _cosines(d2: torch.Tensor, inv: torch.Tensor, nrm: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos_ijk, p_ij p_ik) for anchors i in ``rows``; cos = (n_ij p_ik + p_ij n_ik - d2_jk p_ij p_ik) / 2.
+def _cosines(d2: torch.Tensor, q: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cos_ijk for anchors i in ``rows`` by the law of cosines, with its two factors.
 
-    (For non-identical pairs n p = 1, so this is (d2_ij + d2_ik - d2_jk) / (2 n_ij n_ik); it is 0
-    wherever j or k is identical to i.)
+    cos_ijk = (d2_ij + d2_ik - d2_jk) * q_ij q_ik with q = sqrt(1/2)/|x_j - x_i| (0 for identical
+    pairs, so cos is 0 wherever j or k is identical to i, like the zero unit vector).
+    Returns (cos, a, qq) with a = d2_ij + d2_ik - d2_jk and qq = q_ij q_ik, each (rows, n, n).
     """
-    p, m = inv[rows], nrm[rows]
-    pp = p.unsqueeze(2) * p.unsqueeze(1)
-    u = torch.stack((m, p), 2)
-    v = torch.stack((p, m), 1)
-    return torch.baddbmm(d2.unsqueeze(0) * pp, u, v, beta=-0.5, alpha=0.5), pp
+    a = d2[rows].unsqueeze(2) + d2[rows].unsqueeze(1)
+    a -= d2
+    qq = q[rows].unsqueeze(2) * q[rows].unsqueeze(1)
+    return a * qq, a, qq
 
 
-def _chunk_rows(n: int, budget: int = 1 << 20) -> int:
+CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
+
+
+def _chunk_rows(n: int, device: torch.device) -> int:
+    """Anchors per chunk. CPU: ~2^18-element (1 MB) buffers stay in cache; GPU: larger buffers
+    amortise kernel launches while keeping the few live buffers at ~16 MB each."""
+    budget = CHUNK_ELEMENTS.get(device.type, 1 << 20)
     return max(1, min(n, budget // max(1, n * n)))
 
 
 class _AngleLoss(torch.autograd.Function):
-    """Huber(cos_s, cos_t) summed over all (i, j, k), forward and analytic gradient in one pass.
+    """sum_ijk Huber(cos_s - cos_t) / n^3, forward and analytic gradient in one chunked pass.
 
-    Input: the student's squared-distance matrix (identical pairs zeroed). The gradient w.r.t.
-    it is accumulated chunk by chunk during the forward, so memory stays O(n^2 + chunk * n^2).
-    For non-identical j, k (anchor i): d cos/d d2_jk = -p_j p_k / 2 and
-    d cos/d d2_ij = p_j p_k / 2 - cos p_j^2 / 2 (same for k); identical pairs get no gradient.
+    Input: the student's squared-distance matrix (identical pairs zeroed). Its gradient is
+    accumulated chunk by chunk during the forward, so memory stays O(n^2 + chunk * n^2) instead
+    of an n^3 autograd graph. With c = Huber'(cos_s - cos_t) and p = 1/|x_j - x_i|, for pairs not
+    identical: d cos_ijk / d d2_jk = -p_ij p_ik / 2 and d cos_ijk / d d2_ij = p_ij p_ik / 2 -
+    cos_ijk p_ij^2 / 2 (and symmetrically for k); identical pairs (p = 0) get no gradient.
     """
 
     @staticmethod
     def forward(ctx, d2s: torch.Tensor, same_s: torch.Tensor, d2t: torch.Tensor, same_t: torch.Tensor):
         n = d2s.shape[0]
-        inv_s, nrm_s = _inv_and_norm(d2s, same_s)
-        inv_t, nrm_t = _inv_and_norm(d2t, same_t)
+        qs, qt = _half_inverse_norms(d2s, same_s), _half_inverse_norms(d2t, same_t)
         need_grad = ctx.needs_input_grad[0]
-        total = d2s.new_zeros(())
+        total = torch.zeros((), dtype=torch.float64, device=d2s.device)  # chunk sums accumulate exactly enough
         grad = torch.zeros_like(d2s) if need_grad else None
-        step = _chunk_rows(n)
+        step = _chunk_rows(n, d2s.device)
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
-            cs, pp = _cosines(d2s, inv_s, nrm_s, rows)
-            ct, _ = _cosines(d2t, inv_t, nrm_t, rows)
-            diff = cs - ct
-            c = diff.clamp(-1.0, 1.0)  # Huber'(diff), beta = 1
-            flat_c = c.reshape(-1)
-            # Huber(diff) = c * (diff - c / 2) with c the clamped diff.
-            total += torch.dot(flat_c, diff.reshape(-1)) - 0.5 * torch.dot(flat_c, flat_c)
+            cs, a, qq = _cosines(d2s, qs, rows)
+            ct = _cosines(d2t, qt, rows)[0]
+            total += F.smooth_l1_loss(cs, ct, reduction="sum", beta=1.0).double()
             if need_grad:
-                cpp = c * pp
-                grad -= 0.5 * cpp.sum(0)
-                p = inv_s[rows]
-                # sum_k c (p_j p_k - cos p_j^2) per [i, j]
-                grad[rows] += cpp.sum(2) - (c * cs).sum(2) * p * p
-        scale = 1.0 / (n ** 3)
+                c = torch.sub(cs, ct, out=ct).clamp_(-1.0, 1.0)  # Huber'(cos_s - cos_t), beta = 1
+                cqq = c.mul_(qq)  # c q_ij q_ik = c p_ij p_ik / 2
+                grad -= cqq.sum(0)
+                # sum_k c (p_ij p_ik - cos_ijk p_ij^2) = 2 sum_k cqq - 2 q_ij^2 sum_k cqq * a
+                grad[rows] += 2.0 * (cqq.sum(2) - (cqq * a).sum(2) * qs[rows].square())
+        scale = 1.0 / n ** 3
         if need_grad:
-            ctx.save_for_backward(grad * scale)
-        return total * scale
+            ctx.save_for_backward(grad.mul_(scale))
+        return (total * scale).to(d2s.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -230,13 +230,37 @@ class _AngleLoss(torch.autograd.Function):
 
 def rkd_angle(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     """RKD angle loss between (n, D) piece matrices: O(n^2 D) Gram + O(n^3) chunked elementwise."""
+    return rkd_loss(xs, xt, distance_weight=0.0, angle_weight=1.0)
+
+
+def rkd_loss(xs: torch.Tensor, xt: torch.Tensor, distance_weight: float = 1.0,
+             angle_weight: float = 2.0) -> torch.Tensor:
+    """distance_weight * RKD distance + angle_weight * RKD angle, sharing one Gram matrix per side."""
     _check_pair(xs, xt)
     dt = _compute_dtype(xs)
+    out = xs.new_zeros((), dtype=dt)
+    if len(xs) < 2:  # no relations between fewer than two pieces
+        return out + 0.0 * xs.sum()
     with _no_autocast(xs):
         with torch.no_grad():
             d2t, same_t = _prepared(xt.detach().to(dt))
         d2s, same_s = _prepared(xs.to(dt))
-        return _AngleLoss.apply(d2s, same_s, d2t, same_t)
+        if distance_weight:
+            out = out + distance_weight * _huber(_normalized_distances(d2s), _normalized_distances(d2t))
+        if angle_weight:
+            out = out + angle_weight * _AngleLoss.apply(d2s, same_s, d2t, same_t)
+    return out
+
+
+def rkd_loss_literal(xs: torch.Tensor, xt: torch.Tensor, distance_weight: float = 1.0,
+                     angle_weight: float = 2.0) -> torch.Tensor:
+    """``rkd_loss`` from the literal terms (reference)."""
+    out = xs.new_zeros((), dtype=_compute_dtype(xs))
+    if distance_weight:
+        out = out + distance_weight * rkd_distance_literal(xs, xt)
+    if angle_weight:
+        out = out + angle_weight * rkd_angle_literal(xs, xt)
+    return out
 
 
 # ----------------------------------------------------------------------------- pieces and CRD
@@ -263,18 +287,13 @@ def slice_pieces(x: torch.Tensor, granularity: str, patch_size: int = 32) -> tor
 
 def _crd_terms(student: torch.Tensor, teacher: torch.Tensor, weights: dict[str, float], patch_size: int,
                distance_weight: float, angle_weight: float, pool_patches: bool, per_image: bool,
-               distance_fn, angle_fn) -> dict[str, torch.Tensor]:
+               rkd_fn) -> dict[str, torch.Tensor]:
     if student.shape != teacher.shape:
         raise CrdError(f"CRD needs student and teacher outputs of the same shape, "
                        f"got {tuple(student.shape)} and {tuple(teacher.shape)}")
 
     def rkd(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
-        out = 0.0
-        if distance_weight:
-            out = out + distance_weight * distance_fn(xs, xt)
-        if angle_weight:
-            out = out + angle_weight * angle_fn(xs, xt)
-        return out if torch.is_tensor(out) else student.new_zeros((), dtype=_compute_dtype(student))
+        return rkd_fn(xs, xt, distance_weight, angle_weight)
 
     terms: dict[str, torch.Tensor] = {}
     for name in GRANULARITIES:
@@ -297,8 +316,7 @@ def crd_literal(student: torch.Tensor, teacher: torch.Tensor, patch_size: int = 
                 angle_weight: float = 2.0, pool_patches: bool = True, per_image: bool = False) -> torch.Tensor:
     """CRD with the literal RKD terms (reference for tests and benchmarks; slow, memory-hungry)."""
     terms = _crd_terms(student, teacher, {"rows": rows, "columns": columns, "patches": patches}, patch_size,
-                       distance_weight, angle_weight, pool_patches, per_image,
-                       rkd_distance_literal, rkd_angle_literal)
+                       distance_weight, angle_weight, pool_patches, per_image, rkd_loss_literal)
     return sum(terms.values()) if terms else student.new_zeros((), dtype=_compute_dtype(student))
 
 
@@ -338,7 +356,7 @@ class CRDLoss(nn.Module):
     def terms(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted per-granularity terms (only those with weight > 0); they sum to ``forward``."""
         return _crd_terms(student, teacher, self.weights, self.patch_size, self.distance_weight,
-                          self.angle_weight, self.pool_patches, self.per_image, rkd_distance, rkd_angle)
+                          self.angle_weight, self.pool_patches, self.per_image, rkd_loss)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         terms = self.terms(student, teacher)
@@ -369,4 +387,4 @@ class InstanceRKDLoss(nn.Module):
             raise CrdError(f"instance RKD needs outputs of the same shape, got {tuple(student.shape)} "
                            f"and {tuple(teacher.shape)}")
         xs, xt = student.reshape(len(student), -1), teacher.reshape(len(teacher), -1)
-        return self.distance_weight * rkd_distance(xs, xt) + self.angle_weight * rkd_angle(xs, xt)
+        return rkd_loss(xs, xt, self.distance_weight, self.angle_weight)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,7 +294,9 @@ def load_inception(path: str | Path | None = None) -> FIDInceptionV3:
     path = resolve_inception_path(path)
     if _is_torchscript(path):
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch.jit.load is deprecated, but this file is TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # a corrupt archive raises RuntimeError variants
             raise CrdError(f"cannot load TorchScript Inception {path}: {str(e).splitlines()[0][:200]}") from e
         state = convert_detector_state(dict(scripted.state_dict()))

@@ -119,8 +119,9 @@ class Supernet(nn.Module):
 
     def expected_macs(self, tables: "MacTables") -> torch.Tensor:
         """E[MACs] under softmax(op_logits) and softmax(width_logits): differentiable in both."""
-        q = [F.softmax(p, dim=-1) for p in self.width_logits]
-        p_op = F.softmax(self.op_logits, dim=-1)
+        dt = tables.stem[0].dtype
+        q = [F.softmax(p.to(dt), dim=-1) for p in self.width_logits]
+        p_op = F.softmax(self.op_logits.to(dt), dim=-1)
         total = q[0] @ tables.stem[0]  # input channels fixed
         for i in (1, 2):
             total = total + q[i - 1] @ tables.stem[i] @ q[i]

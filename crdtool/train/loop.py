@@ -232,21 +232,16 @@ class Distiller:
     # ------------------------------------------------------------------ data
     def _batches(self, kind: str, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of one epoch in a (seed, kind, epoch)-determined order, from batch ``start`` on."""
+        from crdtool.data import make_loader
+
         d = self.r.data
-        self.train_set.set_epoch(epoch + (0 if kind == "teacher" else 100_000))
-        g = torch.Generator().manual_seed(self.r.seed * 1_000_003 + epoch * 2 + (kind != "teacher"))
-        order = torch.randperm(len(self.train_set), generator=g).tolist()
-        order = order[self.rank::self.world]
-        bs = d.batch_size
-        n_batches = len(order) // bs
-        idx = order[start * bs:n_batches * bs]
-        loader = torch.utils.data.DataLoader(self.train_set, batch_size=bs, sampler=idx, num_workers=d.num_workers,
-                                             drop_last=True, persistent_workers=False,
-                                             pin_memory=self.rt.is_cuda)
-        yield from loader
+        key = epoch if kind != "student" else 1_000_000 + epoch  # student epochs draw other crops/orders
+        yield from make_loader(self.train_set, d.batch_size, shuffle=True, seed=self.r.seed, epoch=key,
+                               num_workers=d.num_workers, skip_batches=start, pin_memory=self.rt.is_cuda,
+                               rank=self.rank, world_size=self.world)
 
     def _epoch_len(self) -> int:
-        return (len(self.train_set) // self.world) // self.r.data.batch_size
+        return len(range(self.rank, len(self.train_set), self.world)) // self.r.data.batch_size
 
     # ------------------------------------------------------------------ steps
     def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], opts: list) -> bool:
@@ -301,7 +296,7 @@ class Distiller:
         loss_D.backward()
         self.opt_D.step()
         self.progress.teacher_steps += 1
-        return {k: float(v) for k, v in terms.items()}
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     def _student_terms(self, real_A: torch.Tensor, teacher_out: torch.Tensor) -> tuple[torch.Tensor, dict]:
         L, rt = self.r.loss, self.rt
@@ -365,7 +360,7 @@ class Distiller:
                     d_loss.backward()
                     self.opt_D.step()
         self.progress.student_steps += 1
-        return {k: float(v) for k, v in terms.items()}
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     def _d_input(self, real_A: torch.Tensor, img: torch.Tensor, D: nn.Module) -> torch.Tensor:
         return D(torch.cat([real_A, img], 1) if self.pix2pix else img)
@@ -398,7 +393,7 @@ class Distiller:
             self.opt_G.step()
         set_requires_grad([self.D_A], True)
         self.progress.teacher_steps += 1
-        out = {k: float(v) for k, v in terms.items()}
+        out = {k: float(v.detach()) for k, v in terms.items()}
         out.update({f"S_{k}": v for k, v in self.student_step(batch, teacher_out).items()})
         return out
 
@@ -499,22 +494,25 @@ class Distiller:
         save_generator(teacher, self.run_dir / "teacher.safetensors", meta)
 
     # ------------------------------------------------------------------ logging / eval
-    def _log(self, row: dict[str, Any]) -> None:
-        if not self.is_main:
-            return
+    def _log(self, row: dict[str, Any]) -> dict[str, Any]:
         row = {"step": self.progress.step, "student_step": self.progress.student_steps, "time": time.time(), **row}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return row
 
     def evaluate(self) -> dict[str, Any]:
         teacher = self.best_G_A if self.best_G_A is not None else self.G_A
         fid, t_out, s_out = evaluate_student(self.student, teacher, self.eval_inputs)
         row = {"kind": "eval", **fid.to_dict()}
+        if self.crd is not None:  # the relational distance the student is trained to close
+            with torch.no_grad():
+                row["crd"] = float(self.crd(s_out, t_out))
         if self.is_main:
             grid = self.run_dir / "samples" / f"step-{self.progress.step:08d}.png"
             save_grid(grid, [self.eval_inputs, t_out, s_out])
             row["grid"] = str(grid.relative_to(self.run_dir))
-        self._log(row)
+        row = self._log(row)
         if self._first_eval is None:
             self._first_eval = row
         self._last_eval = row

@@ -1,0 +1,147 @@
+"""What bench needs to know about an artifact besides running it: MACs, its PyTorch source, teacher/student pairs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from crdtool.bench.runners import artifact_kind
+from crdtool.errors import CrdError
+
+
+def artifact_profile(artifact: str | Path, size: int, reference: str | Path | None = None
+                     ) -> tuple[int | None, int | None]:
+    """(MACs per image in the literature convention, params) of an artifact, or (None, None) if unknown.
+
+    Torch artifacts are profiled; an ONNX/engine file uses ``reference``, else the generator spec or the
+    source checkpoint recorded in the export's manifest.json beside it.
+    """
+    try:
+        from crdtool.profile import profile_checkpoint, profile_spec
+    except ImportError:
+        return None, None
+    try:
+        if artifact_kind(artifact) == "torch" or reference:
+            prof = profile_checkpoint(artifact if artifact_kind(artifact) == "torch" else reference, size)
+        else:
+            info = manifest_entry(artifact)
+            if info.get("spec") is not None:
+                prof = profile_spec(info["spec"], size)
+            elif info.get("source"):
+                prof = profile_checkpoint(info["source"], size)
+            else:
+                return None, None
+    except CrdError:
+        return None, None
+    return int(prof.total("literature")), int(prof.params)
+
+
+def manifest_entry(artifact: str | Path) -> dict[str, Any]:
+    """What the export's ``manifest.json`` beside ``artifact`` says: ``source`` (an existing checkpoint or
+    None), ``spec`` (GeneratorSpec or None) and ``kind`` (e.g. onnx-int8-qdq). Empty when there is none."""
+    p = Path(artifact)
+    mf = p.parent / "manifest.json"
+    if not mf.is_file():
+        return {}
+    try:
+        doc = json.loads(mf.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, Any] = {"source": None, "spec": None, "kind": None}
+    src = doc.get("source") if isinstance(doc.get("source"), dict) else {}
+    if isinstance(src.get("path"), str):
+        for cand in (Path(src["path"]), mf.parent / src["path"]):
+            if cand.exists():
+                out["source"] = str(cand)
+                break
+    if isinstance(src.get("generator"), dict):
+        try:
+            from crdtool.models.registry import GeneratorSpec
+
+            out["spec"] = GeneratorSpec.from_dict(src["generator"])
+        except (CrdError, TypeError):
+            pass
+    for entry in doc.get("artifacts") or []:
+        if isinstance(entry, dict) and Path(str(entry.get("file", ""))).name == p.name:
+            out["kind"] = entry.get("kind")
+    return out
+
+
+def resolve_reference(artifact: str | Path, reference: str | Path | None = None) -> str | None:
+    """The PyTorch checkpoint fidelity is measured against: given, else the manifest's source, else None."""
+    if reference:
+        return str(reference)
+    if artifact_kind(artifact) == "torch":
+        return None
+    return manifest_entry(artifact).get("source")
+
+
+def export_temp_onnx(artifact: str, path: Path, batch: int, size: int) -> Path:
+    try:
+        from crdtool.deploy.onnx import export_onnx
+    except ImportError as e:
+        raise CrdError("ONNX export is not available in this crdtool (crdtool.deploy.onnx missing)") from e
+    from crdtool.models.checkpoints import load_generator
+
+    model = load_generator(artifact)
+    return export_onnx(model, path, input_shape=(batch, model.spec.input_nc, size, size), dynamic=False)
+
+@dataclass
+
+
+class Pair:
+    teacher: str
+    student: str
+    teacher_name: str
+    student_name: str
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_pair(targets: Sequence[str | Path], workdir: str | Path) -> Pair:
+    """Teacher and student for ``--compare``: two checkpoints, a run folder, or a recipe.
+
+    A recipe uses its run folder's trained weights when they exist, then the teacher checkpoint it
+    names; a network with no weights anywhere is built with random weights into ``workdir`` (latency
+    does not depend on weight values), and a note says so.
+    """
+    from crdtool.models.checkpoints import load_generator, save_generator
+    from crdtool.models.registry import build_generator
+
+    def label(role: str, path: str) -> str:
+        try:
+            return f"{role} {load_generator(path).spec.describe()}"
+        except (CrdError, AttributeError):
+            return role
+
+    targets = [str(t) for t in targets]
+    notes: list[str] = []
+    if len(targets) == 2:
+        teacher, student = targets
+    elif len(targets) == 1 and Path(targets[0]).is_dir():
+        run = Path(targets[0])
+        teacher, student = str(run / "teacher.safetensors"), str(run / "student.safetensors")
+        for p in (teacher, student):
+            if not Path(p).is_file():
+                raise CrdError(f"{run} has no {Path(p).name}: --compare needs a finished run folder")
+    elif len(targets) == 1 and targets[0].endswith(".toml"):
+        from crdtool.recipe import load_recipe
+
+        recipe = load_recipe(targets[0])
+        run = recipe.run_dir
+        found = {}
+        for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
+            candidates = [run / f"{role}.safetensors"] + ([cfg.checkpoint] if cfg.checkpoint else [])
+            path = next((p for p in candidates if p and Path(p).is_file()), None)
+            if path is None:
+                path = Path(workdir) / f"{role}.safetensors"
+                save_generator(build_generator(cfg.spec()), path)
+                notes.append(f"{role}: no trained weights in {run} (random weights: latency does not depend on them)")
+            found[role] = str(path)
+        teacher, student = found["teacher"], found["student"]
+    else:
+        raise CrdError("--compare takes a recipe (.toml), a run folder, or two checkpoints (teacher then student)")
+    return Pair(teacher, student, label("teacher", teacher), label("student", student), notes)

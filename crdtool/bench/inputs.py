@@ -1,0 +1,70 @@
+"""Benchmark inputs: real images (a folder, a dataset root, or a run's recipe test split), else smooth noise.
+
+Never zeros: some kernels (denormals, sparse paths) run at different speeds on constant inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from crdtool.errors import CrdError
+
+
+def find_image_folder(path: str | Path, direction: str = "AtoB") -> Path:
+    """A folder of images itself, or a dataset root's test source split (testA/testB, test, val, ...)."""
+    from crdtool.data.images import IMAGE_EXTENSIONS
+
+    p = Path(path)
+    if not p.is_dir():
+        raise CrdError(f"image folder not found: {p}")
+
+    def has_images(d: Path) -> bool:
+        return d.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir())
+
+    if has_images(p):
+        return p
+    src = "A" if direction == "AtoB" else "B"
+    for sub in (f"test{src}", "test", "val", f"train{src}", "train"):
+        if has_images(p / sub):
+            return p / sub
+    raise CrdError(f"no images in {p} nor in its test{src}/, test/, val/, train{src}/ or train/ folders")
+
+
+def recipe_test_folder(artifact: str | Path) -> Path | None:
+    """The test split named by the ``recipe.toml`` a run folder carries, if any (best effort)."""
+    p = Path(artifact)
+    run = p if p.is_dir() else p.parent
+    if not (run / "recipe.toml").is_file():
+        return None
+    try:
+        from crdtool.recipe import load_recipe
+
+        r = load_recipe(run / "recipe.toml")
+        return find_image_folder(r.data.root, r.data.direction)
+    except (CrdError, ImportError, AttributeError, OSError):
+        return None
+
+
+def synthetic_images(n: int, size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    """Deterministic image-like inputs in [-1, 1]: smooth low-frequency noise plus a little grain."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, channels, 6, 6, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    return (x + 0.05 * torch.randn(n, channels, size, size, generator=g)).clamp_(-1, 1)
+
+
+def input_pool(n_images: int, size: int, images: str | Path | None = None, artifact: str | Path | None = None,
+               channels: int = 3) -> tuple[torch.Tensor, str]:
+    """(N, C, size, size) inputs in [-1, 1] and a description of where they came from."""
+    from crdtool.data.images import load_folder_tensor
+
+    folder = find_image_folder(images) if images else (recipe_test_folder(artifact) if artifact else None)
+    if folder is not None and channels == 3:
+        x = load_folder_tensor(folder, size, n_images)
+        desc = f"{len(x)} real images from {folder}, bicubic-resized to {size}x{size}"
+        if len(x) < n_images:
+            x = x.repeat((n_images + len(x) - 1) // len(x), 1, 1, 1)[:n_images]
+        return x, desc
+    return synthetic_images(n_images, size, channels), f"{n_images} synthetic smooth-noise images (seed 0, no image folder given)"

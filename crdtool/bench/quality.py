@@ -1,0 +1,184 @@
+"""Quality of an artifact: FID/KID of its own translations of the test split, and fidelity to PyTorch.
+
+FID is computed on what the artifact itself produces (the ONNX / INT8 / engine file, not the PyTorch
+model it came from), so export and quantization losses show up. Fidelity (PSNR over the [-1, 1]
+range, max abs) against the PyTorch fp32 model needs no Inception weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+
+from crdtool.errors import CrdError
+from crdtool.metrics import fid as fidlib
+
+
+def fidelity(reference: torch.Tensor, output: torch.Tensor):
+    """Parity (max_abs, mean_abs, psnr_db, n_images) of ``output`` against ``reference``, both in [-1, 1]."""
+    from crdtool.deploy.onnx import compare
+
+    return compare(reference.detach().float().cpu().numpy(), output.detach().float().cpu().numpy())
+
+
+@dataclass
+class EvalSplit:
+    """Source images to translate and the real target-domain images they are compared with."""
+
+    source: list[Path]
+    real: list[Path]
+    aligned: bool  # pix2pix A|B side-by-side files: source and real are halves of the same files
+    direction: str
+    description: str
+
+
+def eval_split(root: str | Path, direction: str = "AtoB") -> EvalSplit:
+    """testA/testB (unaligned) or test/ or val/ with A|B images (aligned) under ``root``."""
+    from crdtool.data.images import list_images
+
+    if direction not in ("AtoB", "BtoA"):
+        raise CrdError(f"direction must be AtoB or BtoA, got {direction!r}")
+    root = Path(root)
+    src, tgt = ("A", "B") if direction == "AtoB" else ("B", "A")
+    if (root / f"test{src}").is_dir() and (root / f"test{tgt}").is_dir():
+        return EvalSplit(list_images(root / f"test{src}"), list_images(root / f"test{tgt}"), False, direction,
+                         f"{root}/test{src} -> compared with {root}/test{tgt}")
+    for sub in ("test", "val"):
+        if (root / sub).is_dir():
+            files = list_images(root / sub)
+            return EvalSplit(files, files, True, direction, f"{root}/{sub} (A|B halves, {direction})")
+    raise CrdError(f"no test split under {root}: expected testA/ and testB/ (unaligned) or test/ or val/ (aligned A|B)")
+
+
+def _half(img: Image.Image, which: str) -> Image.Image:
+    w, h = img.size
+    return img.crop((0, 0, w // 2, h)) if which == "A" else img.crop((w // 2, 0, w, h))
+
+
+def iter_split_images(files: list[Path], aligned: bool, side: str, n: int | None,
+                      size: int | None = None) -> Iterator[tuple[Path, Image.Image]]:
+    """(path, RGB image) of the first ``n`` readable files (the ``side`` half when aligned), resized to ``size``."""
+    from crdtool.data.images import BadImageError, load_image
+
+    count = 0
+    for p in files:
+        if n is not None and count >= n:
+            return
+        try:
+            img = load_image(p)
+        except BadImageError:
+            continue
+        if aligned:
+            img = _half(img, side)
+        if size is not None:
+            img = img.resize((size, size), Image.BICUBIC)
+        count += 1
+        yield p, img
+
+
+def translate(runner, split: EvalSplit, size: int = 256, batch: int = 1, n: int | None = None
+              ) -> Iterator[torch.Tensor]:
+    """uint8 (N, 3, size, size) batches of the runner's translations of the split's source images."""
+    from crdtool.data.images import to_tensor
+
+    side = "A" if split.direction == "AtoB" else "B"
+    batch = runner.fixed_batch or batch
+    pending: list[torch.Tensor] = []
+
+    def flush() -> torch.Tensor:
+        k = len(pending)
+        x = torch.stack(pending + [pending[-1]] * (batch - k))  # a static batch is padded, the padding dropped
+        pending.clear()
+        return fidlib.to_uint8_images(runner(x)[:k])
+
+    for _, img in iter_split_images(split.source, split.aligned, side, n, size):
+        pending.append(to_tensor(img))
+        if len(pending) == batch:
+            yield flush()
+    if pending:
+        yield flush()
+
+
+def real_features(split: EvalSplit, model: torch.nn.Module, n: int | None = None, batch_size: int = 16):
+    """Inception features of the split's real target images at their own resolution (protocol of fid.md)."""
+    import numpy as np
+
+    side = "B" if split.direction == "AtoB" else "A"
+    imgs = (torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            for _, img in iter_split_images(split.real, split.aligned, side, n))
+    return fidlib.extract_features(model, imgs, batch_size)
+
+
+@dataclass
+class QualityResult:
+    artifact: str
+    name: str
+    backend: str
+    precision: str
+    fid: float | None = None
+    kid_mean: float | None = None
+    kid_std: float | None = None
+    n_fake: int = 0
+    n_real: int | None = None
+    data: str = ""
+    real: str = ""
+    inception: str = ""
+    size: int = 256
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_real(split: EvalSplit | None, model: torch.nn.Module, real_stats: str | Path | None = None,
+              n: int | None = None) -> tuple[fidlib.FIDStats, str]:
+    """Real statistics from a stats file (published npz or ours) or from the split's real images."""
+    if real_stats is not None:
+        return fidlib.load_stats(real_stats), str(real_stats)
+    if split is None:
+        raise CrdError("FID needs --data ROOT (a test split) or --real-stats FILE")
+    feats = real_features(split, model, n)
+    return fidlib.stats_from_features(feats), f"{len(feats)} real images ({split.description})"
+
+
+def evaluate_fid(artifact: str | Path, backend: str = "auto", data: str | Path | None = None,
+                 direction: str = "AtoB", inception: torch.nn.Module | str | Path | None = None,
+                 real: fidlib.FIDStats | str | Path | None = None, n: int | None = None, size: int = 256,
+                 batch: int = 1, threads: int | None = None, onnx: str | Path | None = None,
+                 name: str | None = None) -> QualityResult:
+    """Translate the test split with ``artifact`` on ``backend`` and score it with FID (and KID when real
+    features are at hand). ``real`` is precomputed statistics, a stats file, or None (computed from ``data``).
+    """
+    from crdtool.bench.env import physical_cores
+    from crdtool.bench.runners import artifact_kind, default_backend, make_runner, parse_backend
+
+    t0 = time.perf_counter()
+    be = default_backend(artifact_kind(artifact)) if backend == "auto" else parse_backend(backend)
+    model = inception if isinstance(inception, torch.nn.Module) else fidlib.load_inception(inception)
+    inception_desc = "given module" if isinstance(inception, torch.nn.Module) else str(
+        fidlib.resolve_inception_path(inception))
+    if data is None:
+        raise CrdError("FID needs --data ROOT: the test split the artifact translates")
+    split = eval_split(data, direction)
+    if isinstance(real, fidlib.FIDStats):
+        real_stats, real_desc = real, "precomputed statistics"
+    else:
+        real_stats, real_desc = load_real(split, model, real, n)
+    torch.set_num_threads(threads or physical_cores())
+    runner = make_runner(artifact, be, batch, size, threads, onnx)
+    fake = fidlib.extract_features(model, translate(runner, split, size, batch, n))
+    fake_stats = fidlib.stats_from_features(fake)
+    result = QualityResult(str(artifact), name or Path(artifact).name, be.label, runner.precision,
+                           n_fake=len(fake), n_real=real_stats.n, data=split.description, real=real_desc,
+                           inception=inception_desc, size=size)
+    result.fid = fidlib.fid_from_stats(fake_stats, real_stats)
+    if real_stats.features is not None:
+        result.kid_mean, result.kid_std = fidlib.kernel_inception_distance(fake, real_stats.features)
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,345 @@
+"""``export_artifacts``: checkpoint or run folder -> verified ONNX / INT8 / FP16 / TensorRT files + manifest.
+
+Everything is built in a hidden staging folder inside the output folder and moved into place only once every
+requested artifact has been verified, so a failed export (bad checkpoint, parity failure, full disk) leaves
+the output folder as it was. An fp32 artifact that differs from PyTorch is refused; reduced-precision ones
+are measured (PSNR against the PyTorch fp32 output) and flagged when low.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from crdtool.data.images import BadImageError, list_images, load_folder_tensor, load_image, to_tensor
+from crdtool.deploy import onnx as onnx_mod
+from crdtool.deploy import quantize, tensorrt
+from crdtool.deploy.manifest import MANIFEST_NAME, ArtifactEntry, build_manifest, sha256_file, write_manifest
+from crdtool.deploy.onnx import Parity
+from crdtool.errors import CrdError
+from crdtool.fileio import ensure_writable_dir
+from crdtool.models.checkpoints import load_generator, resolve_generator_path
+from crdtool.models.registry import generator_stride
+
+DEFAULT_SIZE = 256
+VERIFY_IMAGES = 8
+LOW_PSNR_DB = 25.0  # reduced-precision artifacts below this are flagged (not refused)
+KIND_BACKEND = {"onnx-fp32": "onnxruntime-cpu", "onnx-int8-qdq": "onnxruntime-cpu", "onnx-fp16": "onnxruntime-cpu",
+                "trt-fp32": "tensorrt", "trt-fp16": "tensorrt", "trt-int8": "tensorrt"}
+
+
+@dataclass
+class ExportRow:
+    """One line of the parity table."""
+
+    artifact: str
+    kind: str
+    backend: str
+    parity: Parity | None
+    bytes: int
+    status: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "kind": self.kind, "backend": self.backend, "bytes": self.bytes,
+                "status": self.status, "parity": None if self.parity is None else self.parity.to_dict()}
+
+
+@dataclass
+class ExportResult:
+    source: Path
+    out_dir: Path
+    manifest: Path
+    input_shape: tuple[int, int, int, int]
+    artifacts: dict[str, Path]  # kind -> published file
+    rows: list[ExportRow]
+    verification: str  # where the verification images came from
+    synthetic: bool  # True when no real images were available
+    calibration: str | None = None
+    dynamic: bool = False
+    trt_message: str | None = None  # why a requested TensorRT engine was not built
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": str(self.source), "out_dir": str(self.out_dir), "manifest": str(self.manifest),
+                "input_shape": list(self.input_shape), "artifacts": {k: str(v) for k, v in self.artifacts.items()},
+                "rows": [r.to_dict() for r in self.rows], "verification": self.verification,
+                "synthetic": self.synthetic, "calibration": self.calibration, "dynamic": self.dynamic,
+                "trt_message": self.trt_message,
+                "notes": self.notes}
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+def input_images(recipe: Any, split: str, n: int | None, size: int) -> tuple[torch.Tensor, Path]:
+    """The generator's input domain from a recipe's dataset: (N, 3, size, size) in [-1, 1] and the folder.
+
+    Unaligned: root/testA (or valA) for "test", root/trainA for "train" (B for direction BtoA).
+    Aligned (A|B side by side): root/val or root/test, root/train; the left half is A.
+    """
+    data = recipe.data
+    root, side = Path(data.root), ("A" if data.direction == "AtoB" else "B")
+    aligned = data.layout == "aligned"
+    if split == "train":
+        names = ["train"] if aligned else [f"train{side}"]
+    else:
+        names = ["val", "test"] if aligned else [f"test{side}", f"val{side}"]
+    folder = next((root / name for name in names if (root / name).is_dir()), None)
+    if folder is None:
+        raise CrdError(f"no {split} images for the recipe: none of {', '.join(str(root / n_) for n_ in names)} exists")
+    if not aligned:
+        return load_folder_tensor(folder, size, n), folder
+    out = []
+    for path in list_images(folder):
+        if n is not None and len(out) >= n:
+            break
+        try:
+            ab = load_image(path)
+        except BadImageError:
+            continue
+        w, h = ab.size
+        half = ab.crop((0, 0, w // 2, h)) if side == "A" else ab.crop((w // 2, 0, w, h))
+        out.append(to_tensor(half.resize((size, size), Image.BICUBIC)))
+    if not out:
+        raise CrdError(f"no readable images in {folder}")
+    return torch.stack(out), folder
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Deterministic smooth colour fields in [-1, 1]: a last resort when no real image is available."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 8, 8, generator=g) * 2 - 1
+    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return (fine + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(-1, 1)
+
+
+def _load_run_recipe(run_dir: Path | None, notes: list[str]):
+    if run_dir is None or not (run_dir / "recipe.toml").is_file():
+        return None
+    from crdtool.recipe import load_recipe
+
+    try:
+        return load_recipe(run_dir / "recipe.toml")
+    except CrdError as e:
+        notes.append(f"run recipe not usable ({e})")
+        return None
+
+
+def _verification_and_calibration(images: str | Path | torch.Tensor | None, recipe: Any, size: int,
+                                  n_verify: int, n_calib: int, need_calib: bool, notes: list[str]):
+    """(verify tensor, its source, synthetic?, calib tensor or None, its source)."""
+    verify = calib = None
+    v_src = c_src = None
+    if isinstance(images, torch.Tensor):
+        verify, v_src = images[:n_verify].float(), "images passed by the caller"
+    elif images is not None:
+        verify, v_src = load_folder_tensor(images, size, n_verify), str(images)
+    elif recipe is not None:
+        try:
+            verify, folder = input_images(recipe, "test", n_verify, size)
+            v_src = str(folder)
+        except CrdError as e:
+            notes.append(f"recipe test images unavailable ({e})")
+    if need_calib and recipe is not None:
+        try:
+            calib, folder = input_images(recipe, "train", n_calib, size)
+            c_src = str(folder)
+        except CrdError as e:
+            notes.append(f"recipe training images unavailable ({e})")
+    synthetic = verify is None
+    if synthetic:
+        verify, v_src = synthetic_images(n_verify, size), "synthetic (no --images and no recipe dataset)"
+        notes.append("verification used SYNTHETIC inputs: pass --images FOLDER for a real check")
+    if need_calib and calib is None:
+        if isinstance(images, torch.Tensor) or images is not None:
+            calib, c_src = (images.float()[:n_calib] if isinstance(images, torch.Tensor)
+                            else load_folder_tensor(images, size, n_calib)), f"{v_src} (the verification images)"
+        else:
+            calib, c_src = synthetic_images(n_calib, size, seed=1), "synthetic"
+            notes.append("INT8 calibration used SYNTHETIC inputs: its scales may not fit real images")
+    return verify, v_src, synthetic, calib, c_src
+
+
+# ------------------------------------------------------------------------------------------ paths
+
+def default_out_dir(source: str | Path) -> Path:
+    source = Path(source)
+    if source.is_dir():
+        return source / "export"
+    return source.with_name(f"{source.stem}-export")
+
+
+def _publish(staging: Path, out_dir: Path, files: list[str]) -> None:
+    """Move verified files into ``out_dir`` (manifest last); drop artifacts an older manifest listed."""
+    old = out_dir / MANIFEST_NAME
+    if old.is_file():
+        try:
+            stale = {a.get("file") for a in json.loads(old.read_text()).get("artifacts", [])} - set(files)
+        except (OSError, ValueError, AttributeError):
+            stale = set()
+        for name in stale:
+            if name and Path(name).name == name and (out_dir / name).is_file():
+                (out_dir / name).unlink()
+    mode = _file_mode()
+    for name in [f for f in files if f != MANIFEST_NAME] + [MANIFEST_NAME]:
+        os.chmod(staging / name, mode)  # temp files are created 0600; artifacts are meant to be copied around
+        os.replace(staging / name, out_dir / name)
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, onnx: bool = True,
+                     int8_cpu: bool = False, fp16: bool = False, trt: str | None = None, dynamic: bool = False,
+                     size: int | None = None, images: str | Path | torch.Tensor | None = None,
+                     calib_images: int = 64, verify_images: int = VERIFY_IMAGES, workspace_gb: float = 2.0,
+                     timing_cache: str | Path | None = None) -> ExportResult:
+    """Export a generator (crdtool file, official .pth, or run folder) and verify every artifact.
+
+    ``trt`` is None or one of "fp32", "fp16", "int8". Raises ``CrdError`` (and writes nothing) when the
+    source is unusable, the output folder is not writable, or an fp32 artifact does not match PyTorch.
+    When TensorRT or a GPU is missing, the other artifacts are still written and ``trt_message`` says why.
+    """
+    if trt is not None and trt not in tensorrt.TRT_PRECISIONS:
+        raise CrdError(f"unknown TensorRT precision {trt!r}; expected one of {', '.join(tensorrt.TRT_PRECISIONS)}")
+    if not (onnx or int8_cpu or fp16 or trt):
+        raise CrdError("nothing to export: choose at least one of --onnx, --int8-cpu, --fp16, --trt")
+    if calib_images < 1 or verify_images < 1:
+        raise CrdError("--calib-images and the number of verification images must be >= 1")
+    src_path = resolve_generator_path(source)
+    run_dir = Path(source) if Path(source).is_dir() else None
+    model = load_generator(src_path)
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise CrdError(f"{src_path} did not load as a crdtool generator")
+    stride = generator_stride(model)
+
+    notes: list[str] = []
+    recipe = _load_run_recipe(run_dir, notes)
+    size = int(size or (recipe.data.crop_size if recipe is not None else DEFAULT_SIZE))
+    if size < stride or size % stride:
+        raise CrdError(f"--size {size} must be a positive multiple of {stride} for {spec.describe()}")
+    shape = (1, 3, size, size)
+
+    want_int8 = int8_cpu or trt == "int8"
+    want_fp16 = fp16 or trt == "fp16"
+    verify, v_src, synthetic, calib, c_src = _verification_and_calibration(
+        images, recipe, size, verify_images, calib_images, want_int8, notes)
+
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(source)
+    created = not out_dir.exists()
+    ensure_writable_dir(out_dir)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out_dir))
+    except OSError as e:
+        raise CrdError(f"output folder {out_dir} is not writable: {e.strerror or e}") from e
+
+    stem = src_path.stem
+    rows: list[ExportRow] = []
+    entries: list[ArtifactEntry] = []
+    published: dict[str, str] = {}  # kind -> file name
+    trt_message = None
+    try:
+        reference = onnx_mod.reference_outputs(model, verify)
+        graphs: dict[str, Path] = {}
+
+        def record(kind: str, path: Path, parity: Parity | None, keep: bool, status: str = "ok",
+                   extra: dict[str, Any] | None = None) -> None:
+            reduced = not kind.endswith("fp32")
+            if status == "ok" and parity is not None and reduced and parity.psnr_db < LOW_PSNR_DB:
+                status = f"low PSNR (< {LOW_PSNR_DB:g} dB)"
+            size_b = path.stat().st_size if path.is_file() else 0
+            shown = "ok (intermediate, not kept)" if status == "ok" and not keep else status
+            rows.append(ExportRow(path.name, kind, KIND_BACKEND[kind], parity, size_b, shown))
+            if keep:
+                published[kind] = path.name
+                entries.append(ArtifactEntry(path.name, kind, KIND_BACKEND[kind], size_b, sha256_file(path),
+                                             None if parity is None else parity.to_dict(), status, extra or {}))
+
+        fp32 = onnx_mod.export_onnx(model, staging / f"{stem}.onnx", shape, dynamic=dynamic)
+        parity = onnx_mod.compare(reference, onnx_mod.run_onnx(fp32, verify))
+        onnx_mod.check_fp32_parity(parity, f"the ONNX export of {src_path.name}")
+        graphs["fp32"] = fp32
+        record("onnx-fp32", fp32, parity, onnx, extra={"opset": onnx_mod.OPSET})
+
+        if want_int8:
+            q = quantize.quantize_int8_qdq(fp32, staging / f"{stem}.int8.onnx", calib)
+            graphs["int8"] = q
+            record("onnx-int8-qdq", q, onnx_mod.compare(reference, onnx_mod.run_onnx(q, verify)), True,
+                   extra={"quantized_ops": list(quantize.QUANTIZED_OPS), "symmetric": True,
+                          "calibration": "minmax", "calibration_images": int(len(calib))})
+        if want_fp16:
+            h = quantize.convert_fp16(fp32, staging / f"{stem}.fp16.onnx", sample_inputs=verify[:4])
+            graphs["fp16"] = h
+            record("onnx-fp16", h, onnx_mod.compare(reference, onnx_mod.run_onnx(h, verify)), True,
+                   extra={"fp32_ops": sorted(quantize.KEEP_FP32_OPS & _op_types(h)), "io_dtype": "float32"})
+
+        if trt is not None:
+            trt_message = _build_trt(trt, graphs, staging, stem, shape, dynamic, stride, workspace_gb, timing_cache,
+                                     reference, verify, record)
+
+        verification = {"images": v_src, "synthetic": synthetic, "n_images": int(len(verify)),
+                        "reference": "PyTorch fp32 on CPU", "fp32_max_abs_limit": onnx_mod.FP32_MAX_ABS,
+                        "notes": notes}
+        calibration = None if calib is None else {"images": c_src, "n_images": int(len(calib)), "method": "minmax"}
+        manifest = build_manifest(source=src_path, source_kind="run" if run_dir else "file",
+                                  generator=spec.to_dict(), input_shape=shape, dynamic=dynamic, stride=stride,
+                                  artifacts=entries, verification=verification, calibration=calibration)
+        if trt_message:
+            manifest["tensorrt"] = {"built": False, "reason": trt_message}
+        write_manifest(staging / MANIFEST_NAME, manifest)
+        _publish(staging, out_dir, list(published.values()) + [MANIFEST_NAME])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(src_path, out_dir, out_dir / MANIFEST_NAME, shape,
+                        {k: out_dir / v for k, v in published.items()}, rows, v_src, synthetic, c_src, dynamic,
+                        trt_message, notes)
+
+
+def _op_types(path: Path) -> set[str]:
+    import onnx as onnx_lib
+
+    return {n.op_type for n in onnx_lib.load(str(path), load_external_data=False).graph.node}
+
+
+def _build_trt(precision: str, graphs: dict[str, Path], staging: Path, stem: str, shape: tuple[int, ...],
+               dynamic: bool, stride: int, workspace_gb: float, timing_cache: str | Path | None,
+               reference: np.ndarray, verify: torch.Tensor, record) -> str | None:
+    """Build and verify one engine; returns a one-line reason instead when TensorRT cannot run here."""
+    kind = f"trt-{precision}"
+    onnx_in = tensorrt.onnx_for_precision(precision, graphs)
+    engine = staging / tensorrt.engine_name(stem, precision)
+    probe = tensorrt.probe_tensorrt()
+    if not probe.available:
+        record(kind, engine, None, False, status=f"skipped: {probe.reason}")
+        return probe.reason
+    cache = Path(timing_cache) if timing_cache else tensorrt.timing_cache_path(probe.version or "unknown",
+                                                                                probe.device or "gpu")
+    build = tensorrt.build_engine(onnx_in, engine, profile=tensorrt.profile_shapes(shape, dynamic, stride),
+                                  workspace_gb=workspace_gb, timing_cache=cache)
+    parity = tensorrt.verify_engine(engine, reference, verify)
+    if precision == "fp32" and not parity.max_abs <= tensorrt.TRT_FP32_MAX_ABS:
+        raise CrdError(f"the fp32 TensorRT engine does not match PyTorch: max abs error {parity.max_abs:.3g} > "
+                       f"{tensorrt.TRT_FP32_MAX_ABS:g}; not writing it")
+    record(kind, engine, parity, True, extra={"tensorrt": build.tensorrt_version, "device": probe.device,
+                                              "onnx": onnx_in.name, "strongly_typed": build.strongly_typed,
+                                              "build_seconds": round(build.seconds, 2),
+                                              "workspace_gb": workspace_gb, "dynamic": dynamic})
+    return None

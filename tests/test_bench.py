@@ -1,0 +1,389 @@
+"""crdtool bench: timing loop, backends, fidelity, isolation, reports and the CLI, on tiny models.
+
+GPU paths cannot run here: what can be checked on CPU is (the TensorRT runner against a stub
+TensorRT, the timing loop's host-I/O accounting, the errors when no GPU is present).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from crdtool.bench import artifacts as A
+from crdtool.bench import latency as L
+from crdtool.bench import report as R
+from crdtool.bench import runners as RN
+from crdtool.bench.quality import eval_split
+from crdtool.errors import CrdError
+from crdtool.models.checkpoints import load_generator, save_generator
+from crdtool.models.registry import build_generator
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    t = save_generator(build_generator("resnet", 8, n_blocks=2), d / "teacher.safetensors")
+    s = save_generator(build_generator("mobile_resnet", 4, n_blocks=2), d / "student.safetensors")
+    return d, t, s
+
+
+@pytest.fixture(scope="module")
+def student_onnx(models):
+    from crdtool.deploy.onnx import export_onnx
+
+    d, _, s = models
+    return export_onnx(load_generator(s), d / "onnx" / "student.onnx", input_shape=(1, 3, SIZE, SIZE))
+
+
+def _images(folder: Path, n: int, size: int = 40, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_warmup_parsing():
+    auto = L.Warmup.parse("auto")
+    assert (auto.runs, auto.seconds) == (50, 1.0)
+    assert not auto.done(2, 5.0) and auto.done(3, 1.5) and auto.done(50, 0.1) and not auto.done(10, 0.5)
+    assert L.Warmup.parse("7").done(7, 0) and not L.Warmup.parse("7").done(6, 99)
+    sec = L.Warmup.parse("0.5s")
+    assert sec.done(1, 0.6) and not sec.done(100, 0.4)
+    assert L.Warmup.parse("0").done(0, 0)
+    for bad in ("x", "-3", "-1s"):
+        with pytest.raises(CrdError, match="--warmup"):
+            L.Warmup.parse(bad)
+
+
+def test_backend_parsing_and_compatibility():
+    assert RN.parse_backend("torch-cuda-graph:bf16") == RN.Backend("torch-cuda-graph", "bf16")
+    assert RN.parse_backend("ort-cpu").label == "ort-cpu" and RN.parse_backend("ort-cpu").device_type == "cpu"
+    for bad, msg in (("tflite", "unknown backend"), ("ort-cpu:fp16", "no precision"), ("torch-cuda:int4", "precision")):
+        with pytest.raises(CrdError, match=msg):
+            RN.parse_backend(bad)
+    assert RN.artifact_kind("a/x.onnx") == "onnx" and RN.artifact_kind("x.plan") == "engine"
+    assert RN.artifact_kind("w.safetensors") == "torch"
+    with pytest.raises(CrdError, match="cannot tell"):
+        RN.artifact_kind("model.tflite")
+    with pytest.raises(CrdError, match="ort-"):
+        RN.check_compatible("onnx", RN.parse_backend("torch-cpu"), "m.onnx")
+    if not torch.cuda.is_available():
+        assert RN.default_backend("torch").label == "torch-cpu" and RN.default_backend("onnx").label == "ort-cpu"
+
+
+def test_summarize_percentiles():
+    times = [5.0, 1.0, 4.0, 2.0, 3.0, 100.0]
+    s = L.summarize(times, batch=2)
+    assert s["median_ms"] == 3.5 and s["min_ms"] == 1.0
+    assert s["p90_ms"] == pytest.approx(np.percentile(times, 90)) and s["p99_ms"] == pytest.approx(95.25)
+    assert s["throughput_ips"] == pytest.approx(2 * 1000 / 3.5)
+    with pytest.raises(CrdError):
+        L.summarize([], 1)
+
+
+def test_measure_torch_cpu_on_real_images(models, tmp_path):
+    _, _, s = models
+    folder = _images(tmp_path / "imgs", 3)
+    r = L.measure_latency(s, "torch-cpu", size=SIZE, warmup="2", runs=6, images=str(folder), name="student")
+    assert r.ok, r.error
+    assert r.runs == 6 == len(r.times_ms) and r.warmup_runs == 2
+    assert r.min_ms <= r.median_ms <= r.p90_ms <= r.p99_ms and r.min_ms > 0
+    assert r.throughput_ips == pytest.approx(1000 / r.median_ms)
+    assert "3 real images" in r.inputs and str(folder) in r.inputs
+    assert r.threads == L.physical_cores() == r.device["threads"] and r.device["cpu"]
+    assert r.versions["torch"] == torch.__version__ and "host memory" in r.includes
+    assert r.fidelity is None  # torch-cpu fp32 is the reference itself
+    synthetic = L.measure_latency(s, "torch-cpu", size=SIZE, warmup="1", runs=2)
+    assert synthetic.ok and "synthetic" in synthetic.inputs
+
+
+def test_max_seconds_makes_runs_adaptive(models):
+    _, _, s = models
+    r = L.measure_latency(s, "torch-cpu", size=SIZE, warmup="1", runs=100000, max_seconds=0.3)
+    assert r.ok and 5 <= r.runs < 100000 and r.runs_requested == 100000
+
+
+def test_ort_cpu_fidelity_and_precision(models, student_onnx, tmp_path):
+    _, _, s = models
+    r = L.measure_latency(student_onnx, "ort-cpu", size=SIZE, warmup="2", runs=5, reference=str(s), threads=1)
+    assert r.ok, r.error
+    assert r.kind == "onnx" and r.precision == "fp32" and r.threads == 1
+    assert r.fidelity["psnr_db"] is None or r.fidelity["psnr_db"] > 80  # None: identical (infinite PSNR)
+    assert r.fidelity["max_abs"] < 1e-4 and r.fidelity["reference"] == str(s)
+    wrong = L.measure_latency(student_onnx, "ort-cpu", batch=2, size=SIZE, warmup="1", runs=2)
+    assert not wrong.ok and "--batch 1" in wrong.error
+    # INT8 QDQ: detected as int8, and its loss shows in the fidelity
+    from crdtool.bench.inputs import synthetic_images
+    from crdtool.deploy.quantize import quantize_int8_qdq
+
+    q = quantize_int8_qdq(student_onnx, tmp_path / "student-int8.onnx", synthetic_images(4, SIZE))
+    r8 = L.measure_latency(q, "ort-cpu", size=SIZE, warmup="1", runs=3, reference=str(s))
+    assert r8.ok and r8.precision == "int8"
+    assert r8.fidelity["max_abs"] > r.fidelity["max_abs"] and 10 < r8.fidelity["psnr_db"] < 80
+
+
+def test_errors_are_results_not_crashes(models, tmp_path):
+    _, _, s = models
+    missing = L.measure_latency(tmp_path / "nope.safetensors", "torch-cpu", size=SIZE, runs=2)
+    assert not missing.ok and "not found" in missing.error
+    bad = L.measure_latency(s, "tflite", size=SIZE, runs=2)
+    assert not bad.ok and "unknown backend" in bad.error
+    if not torch.cuda.is_available():
+        gpu = L.measure_latency(s, "torch-cuda-graph:bf16", size=SIZE, runs=2)
+        assert not gpu.ok and "CUDA GPU" in gpu.error
+        (tmp_path / "m.engine").write_bytes(b"\0")
+        trt = L.measure_latency(tmp_path / "m.engine", "trt", size=SIZE, runs=2)
+        assert not trt.ok and "GPU" in trt.error
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        no_ep = L.measure_latency(s, "ort-cuda", size=SIZE, runs=2, onnx=None)
+        assert not no_ep.ok
+
+
+def test_isolated_worker_and_temp_export(models):
+    from crdtool.profile import profile_checkpoint
+
+    _, _, s = models
+    seen = []
+    res = L.bench_artifacts([s], ["torch-cpu"], size=SIZE, warmup="1", runs=3, on_start=seen.append,
+                            command="crdtool bench test")
+    r = res[0]
+    assert r.ok, r.error
+    assert r.runs == 3 and r.command == "crdtool bench test" and len(seen) == 1
+    assert r.macs == profile_checkpoint(s, SIZE).total("literature") and r.params > 0
+    # a checkpoint on onnxruntime is exported on the fly; fidelity is against the checkpoint itself
+    ort = L.bench_artifacts([s], ["ort-cpu"], isolate=False, size=SIZE, warmup="1", runs=3)[0]
+    assert ort.ok, ort.error
+    assert ort.kind == "torch" and ort.backend == "ort-cpu" and ort.fidelity["max_abs"] < 1e-4
+
+
+def test_manifest_gives_macs_and_reference(models, student_onnx, tmp_path):
+    from crdtool.profile import profile_checkpoint
+
+    _, _, s = models
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(Path(student_onnx).read_bytes())
+    assert A.manifest_entry(onnx) == {} and A.artifact_profile(onnx, SIZE) == (None, None)
+    spec = load_generator(s).spec
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "format": "crdtool.export", "version": 1, "source": {"path": str(s), "generator": spec.to_dict()},
+        "artifacts": [{"file": "model.onnx", "kind": "onnx-fp32"}, {"file": "x.onnx", "kind": "onnx-fp16"}]}))
+    entry = A.manifest_entry(onnx)
+    assert entry["source"] == str(s) and entry["kind"] == "onnx-fp32" and entry["spec"] == spec
+    assert A.resolve_reference(onnx) == str(s)
+    prof = profile_checkpoint(s, SIZE)
+    assert A.artifact_profile(onnx, SIZE) == (prof.total("literature"), prof.params)
+
+
+class _CountingRunner(RN.Runner):
+    def __init__(self):
+        self.calls = {"upload": 0, "run": 0, "output": 0}
+
+    def upload(self, x):
+        self.calls["upload"] += 1
+        return x
+
+    def run(self):
+        self.calls["run"] += 1
+
+    def output(self):
+        self.calls["output"] += 1
+        return self._x
+
+
+def test_timing_loop_accounts_for_host_io():
+    pool = [torch.zeros(1, 3, 4, 4) + i for i in range(3)]
+    dev = _CountingRunner()
+    handles = [dev.upload(x) for x in pool]
+    times, warm, _, timing, includes = L._timed_loop(dev, handles, pool, L.Warmup.parse("4"), 10, None, False)
+    assert len(times) == 10 and warm == 4 and dev.calls == {"upload": 3, "run": 14, "output": 0}
+    assert "wall clock" in timing and includes == dev.includes_device
+    host = _CountingRunner()
+    L._timed_loop(host, [], pool, L.Warmup.parse("2"), 5, None, True)
+    assert host.calls == {"upload": 7, "run": 7, "output": 7}
+
+
+def _stub_trt(declared_shape):
+    """Just enough of the TensorRT API for TensorRTRunner, computing output = 2 * input on CPU memory."""
+
+    class Context:
+        def __init__(self):
+            self.shape, self.addr, self.set_shapes = list(declared_shape), {}, []
+
+        def set_input_shape(self, name, shape):
+            self.shape = list(shape)
+            self.set_shapes.append((name, list(shape)))
+
+        def get_tensor_shape(self, name):
+            return tuple(self.shape)
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+        def execute_async_v3(self, stream):
+            n = math.prod(self.shape)
+            src = np.frombuffer((ctypes.c_float * n).from_address(self.addr["input"]), dtype=np.float32)
+            dst = np.frombuffer((ctypes.c_float * n).from_address(self.addr["output"]), dtype=np.float32)
+            dst[:] = 2 * src
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ("input", "output")[i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name == "input" else "out"
+
+        def get_tensor_shape(self, name):
+            return tuple(declared_shape)
+
+        def get_tensor_dtype(self, name):
+            return "f32"
+
+        def create_execution_context(self):
+            self.ctx = Context()
+            return self.ctx
+
+    engine = Engine()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return engine
+
+    logger = type("Logger", (), {"WARNING": 1, "__init__": lambda self, level: None})
+    return types.SimpleNamespace(Logger=logger, Runtime=Runtime, TensorIOMode=types.SimpleNamespace(INPUT="in"),
+                                 DataType=types.SimpleNamespace(FLOAT="f32", HALF="f16"), engine=engine)
+
+
+def test_tensorrt_runner_binds_buffers_by_name(tmp_path):
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"engine")
+    trt = _stub_trt((1, 3, 8, 8))
+    runner = RN.TensorRTRunner(path, 1, 8, trt=trt, device="cpu")
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(runner(x), 2 * x)
+    assert runner.fixed_batch == 1 and not runner.use_events
+    with pytest.raises(CrdError, match="--batch 1 --size 8"):
+        RN.TensorRTRunner(path, 2, 8, trt=trt, device="cpu")
+    dyn = _stub_trt((-1, 3, -1, -1))
+    runner = RN.TensorRTRunner(path, 2, 16, trt=dyn, device="cpu")
+    assert dyn.engine.ctx.set_shapes == [("input", [2, 3, 16, 16])] and runner.fixed_batch is None
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(runner(x), 2 * x)
+
+
+def _result(name, backend, median, macs, **kw):
+    return L.LatencyResult(f"{name}.safetensors", name, "torch", backend, "fp32", 1, 256, threads=2, warmup="auto",
+                           runs=200, runs_requested=200, median_ms=median, p90_ms=median * 1.1, p99_ms=median * 1.2,
+                           min_ms=median * 0.9, throughput_ips=1000 / median, macs=macs, timing="perf_counter",
+                           includes="host", inputs="synthetic", device={"cpu": "TestCPU", "threads": 2}, **kw)
+
+
+def test_report_document_markdown_and_plot(tmp_path):
+    results = [_result("teacher", "ort-cpu", 900.0, 56_800_000_000),
+               _result("student", "ort-cpu", 18.0, 1_410_000_000,
+                       fidelity={"psnr_db": float("inf"), "max_abs": 0.0, "mean_abs": 0.0, "n_images": 4}),
+               L.LatencyResult("x.onnx", "broken", "onnx", "ort-cuda", "?", 1, 256, error="no CUDA")]
+    comps = R.speedups(results[:1], results[1:])
+    assert len(comps) == 1 and comps[0].ratio == pytest.approx(50.0)
+    doc = R.bench_document(results, comps, command="crdtool bench x", notes=["a note"], load_avg_start=[1.0, 1, 1])
+    text = json.dumps(doc, allow_nan=False)  # infinite PSNR must not leak into the JSON
+    assert doc["format"] == "crdtool.bench" and doc["version"] == 1 and '"speedup": 50.0' in text
+    assert doc["results"][1]["fidelity"]["psnr_db"] is None and doc["host"]["load_avg_start"] == [1.0, 1, 1]
+    md = R.markdown_report(doc, "Latency")
+    assert "`crdtool bench x`" in md and "| student | ort-cpu | fp32 | 1.41G | 18.00 |" in md
+    assert "50.0x" in md and "error: no CUDA" in md and "- a note" in md
+    png = R.plot_latency_vs_macs(results, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(R.render_table(results, comps))
+    out = console.export_text()
+    assert "teacher" in out and "50.0x" in out and "no CUDA" in out
+
+
+def _app():
+    from crdtool.commands.bench import bench, fid_stats
+
+    app = typer.Typer()
+    app.command("bench")(bench)
+    app.command("fid-stats")(fid_stats)
+    return app
+
+
+def test_cli_compare_json_on_stdout(models):
+    _, t, s = models
+    res = CliRunner().invoke(_app(), ["bench", str(t), str(s), "--compare", "-b", "torch-cpu", "--size", str(SIZE),
+                                      "--warmup", "1", "--runs", "3", "--no-isolate", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout[res.stdout.index("{"):])
+    t_r, s_r = doc["results"]
+    assert t_r["name"] == "teacher resnet ngf8" and s_r["name"] == "student mobile_resnet ngf4"
+    (c,) = doc["comparisons"]
+    assert c["speedup"] == pytest.approx(t_r["median_ms"] / s_r["median_ms"])
+    bad = CliRunner().invoke(_app(), ["bench", str(t), "-b", "nope", "--no-isolate"])
+    assert bad.exit_code == 1 and "unknown backend" in bad.output
+
+
+def test_compare_pair_from_recipe_builds_random_weights(tmp_path, monkeypatch):
+    recipe = Path(__file__).resolve().parents[1] / "crdtool" / "recipes" / "quickstart.toml"
+    monkeypatch.chdir(tmp_path)
+    pair = A.resolve_pair([recipe], tmp_path)
+    assert pair.teacher_name == "teacher resnet ngf16" and pair.student_name == "student mobile_resnet ngf4"
+    assert Path(pair.teacher).is_file() and len(pair.notes) == 2 and "random weights" in pair.notes[0]
+    with pytest.raises(CrdError, match="--compare"):
+        A.resolve_pair(["a", "b", "c"], tmp_path)
+
+
+def test_cli_fid_and_fid_stats(models, tmp_path):
+    from crdtool.metrics.fid import build_inception, load_stats
+
+    _, _, s = models
+    root = tmp_path / "data"
+    _images(root / "testA", 2, seed=1)
+    _images(root / "testB", 2, seed=2)
+    weights = tmp_path / "inception.pth"
+    torch.save(build_inception(random_init=True).state_dict(), weights)
+    split = eval_split(root)
+    assert [p.name for p in split.source] == ["0.png", "1.png"] and split.real[0].parent.name == "testB"
+    res = CliRunner().invoke(_app(), ["bench", str(s), "-b", "torch-cpu", "--size", str(SIZE), "--warmup", "1",
+                                      "--runs", "2", "--no-isolate", "--fid", "--data", str(root),
+                                      "--inception-weights", str(weights), "--json", str(tmp_path / "b.json"),
+                                      "--plot", str(tmp_path / "b.png")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "b.json").read_text())
+    (q,) = doc["quality"]
+    assert q["error"] is None and q["n_fake"] == 2 and q["n_real"] == 2 and q["fid"] > 0
+    assert q["kid_mean"] is not None and "inputs" in doc["results"][0]
+    assert "testA" in doc["results"][0]["inputs"]  # --data doubles as the latency input source
+    assert (tmp_path / "b.png").is_file()
+    out = tmp_path / "real.npz"
+    res = CliRunner().invoke(_app(), ["fid-stats", str(root / "testB"), "-o", str(out), "--inception-weights",
+                                      str(weights)])
+    assert res.exit_code == 0, res.output
+    st = load_stats(out)
+    assert st.n == 2 and st.mu.shape == (2048,) and st.features.shape == (2, 2048)
+    res = CliRunner().invoke(_app(), ["fid-stats", str(root / "testB"), "-o", str(tmp_path / "x.txt"),
+                                      "--inception-weights", str(weights)])
+    assert res.exit_code == 1 and ".npz" in res.output

@@ -1,0 +1,143 @@
+import json
+
+import pytest
+import torch
+
+from crdtool import distill
+from crdtool.errors import CrdError
+from crdtool.models import build_generator
+from crdtool.models.checkpoints import load_generator
+from crdtool.train.loop import Distiller
+from tests.helpers import tiny_recipe
+
+
+def weights(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def first_batch(d):
+    return next(iter(d._batches("student", 0, 0)))
+
+
+def test_discriminator_frozen_in_student_steps_and_updated_in_teacher_steps(tmp_path):
+    r = tiny_recipe(tmp_path)
+    distill.prepare_data(r)
+    d = Distiller(r)
+    batch = first_batch(d)
+    before = weights(d.D_A)
+    d.cyclegan_teacher_step(batch)
+    after_teacher = weights(d.D_A)
+    assert not same(before, after_teacher), "teacher step must update the online discriminator"
+    grads = {n: p.grad.clone() for n, p in d.D_A.named_parameters()}
+    student_before = weights(d.student)
+    seen_requires_grad = []
+    hook = d.D_A.register_forward_pre_hook(
+        lambda m, a: seen_requires_grad.append(any(p.requires_grad for p in m.parameters())))
+    losses = d.student_step(batch)
+    hook.remove()
+    assert "gan" in losses and "crd" in losses
+    assert seen_requires_grad == [False], "D must have requires_grad=False during the student's forward"
+    assert same(after_teacher, weights(d.D_A)), "student step must not change D"
+    assert all(torch.equal(grads[n], p.grad) for n, p in d.D_A.named_parameters()), "student step must not touch D grads"
+    assert not same(student_before, weights(d.student))
+    assert all(p.requires_grad for p in d.D_A.parameters()), "D is trainable again for the next teacher step"
+
+
+def test_updated_mode_steps_discriminator_in_student_steps(tmp_path):
+    r = tiny_recipe(tmp_path, discriminator={"ndf": 4, "student": "updated"})
+    distill.prepare_data(r)
+    d = Distiller(r)
+    before = weights(d.D_A)
+    d.student_step(first_batch(d))
+    assert not same(before, weights(d.D_A))
+
+
+def test_short_distill_brings_student_closer_to_teacher(tmp_path):
+    # A fixed, pretrained teacher; the student learns from CRD alone. CRD is a relational distance
+    # (invariant to output scale/offset), so that is the distance that must shrink.
+    torch.manual_seed(1)
+    teacher = build_generator("resnet", 4, n_blocks=2)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    r = tiny_recipe(tmp_path, teacher={"arch": "resnet", "ngf": 4, "n_blocks": 2,
+                                       "checkpoint": str(tmp_path / "teacher.pth")},
+                    student={"arch": "mobile_resnet", "ngf": 4, "n_blocks": 2},
+                    discriminator={"ndf": 4, "student": "none"},
+                    train={"student_epochs": 3, "eval_every": 1000, "lr": 1e-3})
+    res = distill.run(r)
+    assert res.student_steps == 48
+    assert res.last_eval["crd"] < 0.8 * res.first_eval["crd"], (res.first_eval, res.last_eval)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(row["kind"] == "eval" for row in rows) and any(row["kind"] == "train" for row in rows)
+    assert len(list((tmp_path / "run" / "samples").glob("*.png"))) == 2
+    student = load_generator(tmp_path / "run")
+    assert student.spec.name == "mobile_resnet"
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    full = tiny_recipe(tmp_path / "a", train={"max_steps": 20, "checkpoint_every": 7})
+    res = distill.run(full)
+    assert res.student_steps == 20
+    part = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", train={"max_steps": 9, "checkpoint_every": 7})
+    distill.run(part)
+    rest = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", train={"max_steps": 20, "checkpoint_every": 7})
+    res2 = distill.run(rest, resume=True)
+    assert res2.steps == res.steps
+    from crdtool.train.state import latest_checkpoint, load_checkpoint
+
+    wa = load_checkpoint(latest_checkpoint(tmp_path / "a" / "run")).weights
+    wb = load_checkpoint(latest_checkpoint(tmp_path / "b" / "run")).weights
+    assert wa.keys() == wb.keys()
+    diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not diff, f"resumed run differs in {diff[:5]}"
+
+
+def test_existing_run_requires_resume_and_mismatch_is_reported(tmp_path):
+    r = tiny_recipe(tmp_path, train={"max_steps": 2})
+    distill.run(r)
+    with pytest.raises(CrdError, match="already holds a run"):
+        distill.run(r)
+    changed = tiny_recipe(tmp_path, student={"arch": "mobile_resnet", "ngf": 3, "n_blocks": 2}, train={"max_steps": 4})
+    with pytest.raises(CrdError, match="does not match this recipe: 'student'"):
+        distill.run(changed, resume=True)
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    r = tiny_recipe(tmp_path, data_root=tmp_path / "nowhere")
+    r.data.synth = None
+    with pytest.raises(CrdError) as e:
+        distill.run(r)
+    assert "nowhere" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_image_does_not_kill_the_run(tmp_path):
+    r = tiny_recipe(tmp_path, train={"max_steps": 20})
+    distill.prepare_data(r)
+    bad = r.data.root / "trainA" / "zz_truncated.png"
+    good = sorted((r.data.root / "trainA").glob("*.png"))[0].read_bytes()
+    bad.write_bytes(good[: len(good) // 3])
+    res = distill.run(r)
+    assert res.student_steps == 20
+
+
+def test_mismatched_teacher_checkpoint_is_one_line(tmp_path):
+    torch.save(build_generator("resnet", 8, n_blocks=2).state_dict(), tmp_path / "t.pth")
+    r = tiny_recipe(tmp_path, teacher={"arch": "resnet", "ngf": 4, "n_blocks": 2, "checkpoint": str(tmp_path / "t.pth")})
+    with pytest.raises(CrdError) as e:
+        distill.run(r)
+    assert "model.1.weight" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pix2pix_joint_steps(tmp_path):
+    r = tiny_recipe(tmp_path, task="pix2pix",
+                    data={"layout": "aligned", "synth": {"kind": "paired", "size": 32, "count": 8, "seed": 0}},
+                    teacher={"arch": "unet", "ngf": 4, "num_downs": 5},
+                    student={"arch": "unet", "ngf": 2, "num_downs": 5},
+                    discriminator={"ndf": 4, "norm": "batch", "gan_mode": "hinge", "student": "none"},
+                    loss={"lambda_crd": 2.5, "patch_size": 8},
+                    train={"max_steps": 4})
+    res = distill.run(r)
+    assert res.student_steps == 4 and res.steps == 4
