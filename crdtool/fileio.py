@@ -15,6 +15,15 @@ from typing import Any, Iterator
 from crdtool.errors import CrdError
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_DEFAULT_MODE = _default_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path to write; on success it replaces ``target``, on failure it is removed."""
@@ -22,6 +31,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, _DEFAULT_MODE)  # mkstemp makes 0600; published files get the usual umask mode
         os.close(fd)
     except OSError as e:
         raise CrdError(f"cannot write to {target.parent}: {e.strerror or e}") from e

@@ -78,12 +78,14 @@ def test_short_distill_brings_student_closer_to_teacher(tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
-    full = tiny_recipe(tmp_path / "a", train={"max_steps": 20, "checkpoint_every": 7})
+    # 8 images per domain: teacher epoch (8 steps), student epoch (8), teacher epoch, then 4 student steps.
+    small = {"kind": "unpaired", "size": 32, "count": 8, "seed": 0}
+    full = tiny_recipe(tmp_path / "a", data={"synth": small}, train={"max_steps": 12, "checkpoint_every": 5})
     res = distill.run(full)
-    assert res.student_steps == 20
-    part = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", train={"max_steps": 9, "checkpoint_every": 7})
+    assert res.student_steps == 12 and res.steps == 28
+    part = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", train={"max_steps": 5, "checkpoint_every": 5})
     distill.run(part)
-    rest = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", train={"max_steps": 20, "checkpoint_every": 7})
+    rest = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", train={"max_steps": 12, "checkpoint_every": 5})
     res2 = distill.run(rest, resume=True)
     assert res2.steps == res.steps
     from crdtool.train.state import latest_checkpoint, load_checkpoint

@@ -183,9 +183,15 @@ def test_mac_penalty_alone_drives_the_argmax_network_down():
     assert arch_macs(net.argmax_arch(), 32)["total"] == pytest.approx(lo, rel=0.05)
 
 
-def test_repair_lands_inside_the_window():
+@pytest.mark.parametrize("start", [0, -1])  # all-narrowest (repair upwards) / all-widest (downwards)
+def test_repair_lands_inside_the_window(start):
     net = Supernet(SearchSpace(ngf=16, n_cells=4))
+    with torch.no_grad():
+        for p in net.width_logits:
+            p.zero_()[start] = 1.0
+        net.op_logits.zero_()[:, net.space.ops.index("conv1x1" if start == 0 else "resblock")] = 1.0
     lo, hi = space_extremes(net.space, 64)
+    assert arch_macs(net.argmax_arch(), 64)["total"] == (lo if start == 0 else hi)
     target = lo + 0.4 * (hi - lo)
     arch, moves = repair_to_window(net, 64, 0.9 * target, target)
     assert moves > 0

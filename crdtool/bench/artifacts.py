@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from crdtool.bench.inputs import find_image_folder, recipe_test_folder
 from crdtool.bench.runners import artifact_kind
 from crdtool.errors import CrdError
 
@@ -18,10 +19,8 @@ def artifact_profile(artifact: str | Path, size: int, reference: str | Path | No
     Torch artifacts are profiled; an ONNX/engine file uses ``reference``, else the generator spec or the
     source checkpoint recorded in the export's manifest.json beside it.
     """
-    try:
-        from crdtool.profile import profile_checkpoint, profile_spec
-    except ImportError:
-        return None, None
+    from crdtool.profile import profile_checkpoint, profile_spec
+
     try:
         if artifact_kind(artifact) == "torch" or reference:
             prof = profile_checkpoint(artifact if artifact_kind(artifact) == "torch" else reference, size)
@@ -81,24 +80,22 @@ def resolve_reference(artifact: str | Path, reference: str | Path | None = None)
 
 
 def export_temp_onnx(artifact: str, path: Path, batch: int, size: int) -> Path:
-    try:
-        from crdtool.deploy.onnx import export_onnx
-    except ImportError as e:
-        raise CrdError("ONNX export is not available in this crdtool (crdtool.deploy.onnx missing)") from e
+    """A static-shape ONNX of a checkpoint, so it can run on the onnxruntime backends."""
+    from crdtool.deploy.onnx import export_onnx
     from crdtool.models.checkpoints import load_generator
 
     model = load_generator(artifact)
     return export_onnx(model, path, input_shape=(batch, model.spec.input_nc, size, size), dynamic=False)
 
+
 @dataclass
-
-
 class Pair:
     teacher: str
     student: str
     teacher_name: str
     student_name: str
     notes: list[str] = field(default_factory=list)
+    images: str | None = None  # the recipe's test split, used as benchmark inputs
 
 
 def resolve_pair(targets: Sequence[str | Path], workdir: str | Path) -> Pair:
@@ -119,6 +116,7 @@ def resolve_pair(targets: Sequence[str | Path], workdir: str | Path) -> Pair:
 
     targets = [str(t) for t in targets]
     notes: list[str] = []
+    images = None
     if len(targets) == 2:
         teacher, student = targets
     elif len(targets) == 1 and Path(targets[0]).is_dir():
@@ -142,6 +140,13 @@ def resolve_pair(targets: Sequence[str | Path], workdir: str | Path) -> Pair:
                 notes.append(f"{role}: no trained weights in {run} (random weights: latency does not depend on them)")
             found[role] = str(path)
         teacher, student = found["teacher"], found["student"]
+        try:
+            images = str(find_image_folder(recipe.data.root, recipe.data.direction))
+        except CrdError:
+            images = None
     else:
         raise CrdError("--compare takes a recipe (.toml), a run folder, or two checkpoints (teacher then student)")
-    return Pair(teacher, student, label("teacher", teacher), label("student", student), notes)
+    if images is None:
+        found_images = recipe_test_folder(student)
+        images = str(found_images) if found_images else None
+    return Pair(teacher, student, label("teacher", teacher), label("student", student), notes, images)

@@ -40,8 +40,6 @@ INPUT_POOL = 8  # distinct input batches cycled through the timed runs
 
 
 @dataclass(frozen=True)
-
-
 class Warmup:
     """``"auto"`` = until 50 runs or 1 s, whichever comes first (at least 3 runs); ``"50"`` runs; ``"1.5s"`` seconds."""
 
@@ -80,8 +78,6 @@ class Warmup:
         return f"{self.runs} runs" if self.runs is not None else f"{self.seconds:g} s"
 
 @dataclass
-
-
 class BenchSpec:
     """One measurement: what the worker process receives as JSON."""
 
@@ -108,8 +104,6 @@ class BenchSpec:
         return cls(**json.loads(text))
 
 @dataclass
-
-
 class LatencyResult:
     artifact: str
     name: str
@@ -355,7 +349,7 @@ def bench_artifacts(artifacts: Sequence[str | Path | BenchSpec], backends: Seque
             else:
                 result = LatencyResult(spec.artifact, spec.name or Path(spec.artifact).name, "?", spec.backend, "?",
                                        spec.batch, spec.size, error=error)
-            pkey = (spec.artifact, spec.size)
+            pkey = (spec.reference or spec.artifact, spec.size)
             if pkey not in profiles:
                 try:
                     profiles[pkey] = artifact_profile(spec.artifact, spec.size, spec.reference)

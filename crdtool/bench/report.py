@@ -24,6 +24,7 @@ class Speedup:
     """Teacher vs student on one backend, both measured in the same invocation."""
 
     backend: str
+    precision: str
     teacher: str
     student: str
     teacher_ms: float
@@ -34,18 +35,18 @@ class Speedup:
         return self.teacher_ms / self.student_ms if self.student_ms else math.inf
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "teacher": self.teacher, "student": self.student,
+        return {"backend": self.backend, "precision": self.precision, "teacher": self.teacher, "student": self.student,
                 "teacher_median_ms": self.teacher_ms, "student_median_ms": self.student_ms, "speedup": self.ratio}
 
 
 def speedups(teacher: Sequence[LatencyResult], student: Sequence[LatencyResult]) -> list[Speedup]:
-    """Pair teacher and student results by backend label (median over median)."""
+    """Pair teacher and student results by (backend, precision): median over median."""
     out = []
-    by_backend = {r.backend: r for r in student if r.ok}
+    by_key = {(r.backend, r.precision): r for r in student if r.ok}
     for t in teacher:
-        s = by_backend.get(t.backend)
+        s = by_key.get((t.backend, t.precision))
         if t.ok and s is not None:
-            out.append(Speedup(t.backend, t.name, s.name, t.median_ms, s.median_ms))
+            out.append(Speedup(t.backend, t.precision, t.name, s.name, t.median_ms, s.median_ms))
     return out
 
 
@@ -126,10 +127,11 @@ def render_table(results: Sequence[LatencyResult], comparisons: Sequence[Speedup
     parts.append(t)
     if comparisons:
         c = Table(title="speed-up (teacher median / student median, same backend, same run)", title_justify="left")
-        for h in ("backend", "teacher", "student", "teacher ms", "student ms", "speed-up"):
+        for h in ("backend", "prec", "teacher", "student", "teacher ms", "student ms", "speed-up"):
             c.add_column(h, justify="right" if h.endswith(("ms", "up")) else "left")
         for s in comparisons:
-            c.add_row(s.backend, s.teacher, s.student, fmt_ms(s.teacher_ms), fmt_ms(s.student_ms), f"{s.ratio:.1f}x")
+            c.add_row(s.backend, s.precision, s.teacher, s.student, fmt_ms(s.teacher_ms), fmt_ms(s.student_ms),
+                      f"{s.ratio:.1f}x")
         parts.append(c)
     if quality:
         parts.append(quality_table(quality))
@@ -182,9 +184,10 @@ def markdown_report(doc: dict[str, Any], title: str = "Latency") -> str:
     comps = doc.get("comparisons", [])
     if comps:
         lines += ["Speed-up (teacher median / student median, same backend, same run):", "",
-                  _md_table(["backend", "teacher", "student", "teacher ms", "student ms", "speed-up"],
-                            [[c["backend"], c["teacher"], c["student"], fmt_ms(c["teacher_median_ms"]),
-                              fmt_ms(c["student_median_ms"]), f"{c['speedup']:.1f}x"] for c in comps]), ""]
+                  _md_table(["backend", "prec", "teacher", "student", "teacher ms", "student ms", "speed-up"],
+                            [[c["backend"], c.get("precision", ""), c["teacher"], c["student"],
+                              fmt_ms(c["teacher_median_ms"]), fmt_ms(c["student_median_ms"]), f"{c['speedup']:.1f}x"]
+                             for c in comps]), ""]
     if quality:
         lines += [_md_table(QUALITY_HEADER, quality_rows(quality)), ""]
     lines += [f"- {line}" for line in setup_lines(results)]

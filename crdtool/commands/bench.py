@@ -16,7 +16,7 @@ from rich.console import Console
 
 from crdtool.bench.artifacts import export_temp_onnx, resolve_pair
 from crdtool.bench.env import current_command, load_avg, physical_cores
-from crdtool.bench.inputs import recipe_test_folder
+from crdtool.bench.inputs import find_image_folder, recipe_test_folder
 from crdtool.bench.latency import BenchSpec, LatencyResult, bench_artifacts
 from crdtool.bench.runners import artifact_kind, default_backend, parse_backend
 from crdtool.bench.quality import QualityResult
@@ -127,11 +127,15 @@ def _bench(artifacts, backends, batch, size, warmup, runs, max_seconds, threads,
         artifacts = [pair.teacher, pair.student]
         names = {pair.teacher: pair.teacher_name, pair.student: pair.student_name}
         notes += pair.notes
-        if data is None and not images and len(artifacts) == 2:
-            images = recipe_test_folder(pair.student)
+        if data is None and not images:
+            images = pair.images
     for a in artifacts:
+        if str(a).endswith(".toml"):
+            raise CrdError(f"{a} is a recipe: benchmark its teacher and student with --compare")
         artifact_kind(a)  # fail early, in one line, on a path we cannot handle
-    inputs = str(images) if images else (str(data) if data else None)
+    if images is None and data is not None:
+        images = find_image_folder(data, direction)
+    inputs = str(images) if images else None
     specs = [BenchSpec(a, b, batch, size, warmup, runs, max_seconds, threads, inputs, host_io,
                        str(reference) if reference else None, name=names.get(a))
              for a in artifacts for b in backends]

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from crdtool.commands.common import console, err_console, fail
 from crdtool.deploy.export import ExportResult, export_artifacts
 from crdtool.errors import CrdError
 
@@ -67,28 +68,25 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the table."),
 ) -> None:
     """Export a distilled generator to ONNX / INT8 / FP16 / TensorRT, verified against PyTorch."""
-    console = Console()
-    err = Console(stderr=True)
     try:
         if int8 and not trt:
             raise CrdError("--int8 picks the TensorRT precision and needs --trt (for onnxruntime use --int8-cpu)")
         if trt and int8 and fp16:
             raise CrdError("--trt takes one precision: --fp16 or --int8, not both")
         precision = ("int8" if int8 else "fp16" if fp16 else "fp32") if trt else None
-        with err.status("exporting and verifying...") if not json_out else contextlib.nullcontext():
+        with err_console.status("exporting and verifying...") if not json_out else contextlib.nullcontext():
             result = export_artifacts(source, out, onnx=onnx, int8_cpu=int8_cpu, fp16=fp16, trt=precision,
                                       dynamic=dynamic, size=size, images=images, calib_images=calib_images,
                                       workspace_gb=workspace_gb)
     except CrdError as e:
-        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(1)
+        fail(str(e))
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         render_export_result(result, console)
     if result.trt_message:
         produced = ", ".join(p.name for p in result.artifacts.values()) or "nothing"
-        err.print(f"[yellow]--trt skipped:[/] {escape(result.trt_message)}; produced: {escape(produced)}",
+        err_console.print(f"[yellow]--trt skipped:[/] {escape(result.trt_message)}; produced: {escape(produced)}",
                   soft_wrap=True)
         raise typer.Exit(1)
 

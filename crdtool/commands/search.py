@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 from rich.table import Table
 
 from crdtool.commands.common import console, parse_overrides, user_errors
@@ -15,8 +18,16 @@ from crdtool.commands.common import console, parse_overrides, user_errors
 
 def _columns():
     return (TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            TextColumn("\n  [dim]{task.fields[arch]}[/]"))
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+
+
+class _ArchLine:
+    """The current argmax architecture, on its own line under the bar (Live re-renders it)."""
+
+    text = ""
+
+    def __rich__(self) -> Text:
+        return Text(f"  argmax: {self.text}", style="dim", overflow="fold")
 
 
 def _run(recipe: Path, budget: Optional[str], window: Optional[float], resume: bool, out: Optional[Path],
@@ -26,17 +37,18 @@ def _run(recipe: Path, budget: Optional[str], window: Optional[float], resume: b
 
     cfg = load_search_recipe(recipe, overrides)
     searcher = Searcher(cfg, budget, window, out)
-    with Progress(*_columns(), console=console, transient=False) as bar:
-        task = bar.add_task("search", total=searcher.cfg.search.pretrain_steps + searcher.cfg.search.steps,
-                            info="", arch="")
+    bar = Progress(*_columns(), console=console)
+    arch_line = _ArchLine()
+    with Live(Group(bar, arch_line), console=console, refresh_per_second=4):
+        task = bar.add_task("search", total=searcher.cfg.search.pretrain_steps + searcher.cfg.search.steps, info="")
         last = [0.0]
 
         def on_progress(info: dict) -> None:
             if info["event"] == "start":
                 lo, hi = info["budget"]
                 for w in info["warnings"]:
-                    bar.console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
-                bar.console.print(f"[bold]search[/] {cfg.name}: budget [{format_macs(lo)}, {format_macs(hi)}] MACs "
+                    console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+                console.print(f"[bold]search[/] {cfg.name}: budget [{format_macs(lo)}, {format_macs(hi)}] MACs "
                                   f"at {info['size']}px; teacher {info['teacher']}; loss {info['loss']}; "
                                   f"{info['device']}; run folder {info['run_dir']}", highlight=False)
                 bar.update(task, completed=info["step"])
@@ -47,7 +59,8 @@ def _run(recipe: Path, budget: Optional[str], window: Optional[float], resume: b
             last[0] = now
             text = (f"{info['phase']} loss {info['loss']:.3f}  E[MACs] {format_macs(info['expected_macs'])}  "
                     f"argmax {format_macs(info['argmax_macs'])}  lambda {info['lambda']:.3g}")
-            bar.update(task, completed=info["step"], info=text, arch=info["arch"])
+            bar.update(task, completed=info["step"], info=text)
+            arch_line.text = info["arch"]
 
         searcher.on_progress = on_progress
         return cfg, searcher.run(resume=resume)

@@ -79,13 +79,14 @@ class EpochBatchSampler(Sampler[list]):
         self.rank, self.world_size = rank, world_size  # DDP: rank r takes every world_size-th sample
 
     def _n_local(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
+        # every rank gets the same count, or DDP ranks would disagree on the number of steps
+        return self.n // self.world_size if self.world_size > 1 else self.n
 
     def order(self) -> list[int]:
         if not self.shuffle:
-            return list(range(self.n))[self.rank::self.world_size]
+            return list(range(self.n))[self.rank::self.world_size][:self._n_local()]
         g = torch.Generator().manual_seed(order_seed(self.seed, self.epoch))
-        return torch.randperm(self.n, generator=g).tolist()[self.rank::self.world_size]
+        return torch.randperm(self.n, generator=g).tolist()[self.rank::self.world_size][:self._n_local()]
 
     def _total(self) -> int:
         n = self._n_local()

@@ -180,9 +180,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, profile: Pro
     logger = _capturing_logger(trt)
     builder = trt.Builder(logger)
     flags = 0
-    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    if strongly_typed:  # the default (and only mode) in TensorRT 11
+    has_flag = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    if has_flag:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    major = re.match(r"\d+", str(getattr(trt, "__version__", "0")))
+    strongly_typed = has_flag or (major is not None and int(major.group()) >= 11)  # the only mode in TensorRT 11
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):

@@ -63,7 +63,7 @@ class SearchSection(_Section):
     width_ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS), min_length=1)
     width_multiple: int = Field(8, ge=1)
     expand: int = Field(4, ge=1, le=16)
-    budget: Optional[str] = Field(None, description="MACs at data.crop_size, e.g. '1.4G'; --budget overrides")
+    budget: Optional[str | float] = Field(None, description="MACs at data.crop_size: '1.4G', 87.5e6; --budget overrides")
     window: float = Field(0.1, gt=0, lt=1, description="accept [budget*(1-window), budget]")
     steps: int = Field(1000, ge=1, description="alternating steps (one weight + one architecture update each)")
     pretrain_steps: int = Field(0, ge=0, description="weight-only supernet steps before the search")
@@ -91,7 +91,7 @@ class SearchSection(_Section):
 
     @field_validator("budget")
     @classmethod
-    def _budget(cls, v: Optional[str]) -> Optional[str]:
+    def _budget(cls, v: Optional[str | float]) -> Optional[str | float]:
         if v is not None:
             try:
                 parse_macs(v)
@@ -497,22 +497,23 @@ class Searcher:
                 and json.loads(ln).get("step", 0) <= self.step]
         write_bytes_atomic(self.log_path, ("\n".join(keep) + "\n" if keep else "").encode())
 
-    def _prepare_run_dir(self, resume: bool) -> None:
+    def _check_run_dir(self, resume: bool) -> Path | None:
+        """Before any long work: the folder is writable, and holds a search iff we resume one."""
         from crdtool.train import state as st
 
         ensure_writable_dir(self.run_dir)
         last = st.latest_checkpoint(self.run_dir)
-        if resume:
-            if last is None:
-                raise CrdError(f"nothing to resume in {self.run_dir} (no checkpoints/latest.json)")
-            self._restore(last)
-        elif last is not None or (self.run_dir / "arch.json").exists():
+        if resume and last is None:
+            raise CrdError(f"nothing to resume in {self.run_dir} (no checkpoints/latest.json)")
+        if not resume and (last is not None or (self.run_dir / "arch.json").exists()):
             raise CrdError(f"{self.run_dir} already holds a search; pass --resume to continue it, or choose "
                            f"another output folder (--out)")
-        else:
-            self.log_path.unlink(missing_ok=True)
-            body = dump_toml(self.cfg.model_dump(mode="json", exclude_none=True))
-            write_bytes_atomic(self.run_dir / "search_recipe.toml", body.encode())
+        return last
+
+    def _start_fresh(self) -> None:
+        self.log_path.unlink(missing_ok=True)
+        body = dump_toml(self.cfg.model_dump(mode="json", exclude_none=True))
+        write_bytes_atomic(self.run_dir / "search_recipe.toml", body.encode())
 
     def _log(self, row: dict[str, Any]) -> None:
         with open(self.log_path, "a") as f:
@@ -521,8 +522,12 @@ class Searcher:
     # -- run
     def run(self, resume: bool = False) -> SearchResult:
         t0 = time.time()
+        last = self._check_run_dir(resume)
         self._setup()
-        self._prepare_run_dir(resume)
+        if last is not None:
+            self._restore(last)
+        else:
+            self._start_fresh()
         s = self.cfg.search
         self.on_progress({"event": "start", "step": self.step, "total": self.total_steps, "warnings": self.warnings,
                           "teacher": self.teacher_source, "loss": self.loss_fn.description,

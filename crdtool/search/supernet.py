@@ -77,9 +77,10 @@ class Supernet(nn.Module):
                                    for i in range(space.n_cells))
         head_ch = [max(c) for c in pos[3 + space.n_cells:]]
         self.head, self.final = head_layers(c_cell, head_ch, space.output_nc)
-        # architecture parameters: zeros = uniform distributions at the start
-        self.op_logits = nn.Parameter(torch.zeros(space.n_cells, len(space.ops)))
-        self.width_logits = nn.ParameterList(nn.Parameter(torch.zeros(len(c))) for c in pos)
+        # architecture parameters: 1e-3 * N(0, 1) as in DARTS/AGD, so the distributions start uniform
+        # but the first argmax network is a random draw, not the all-narrowest tie-break
+        self.op_logits = nn.Parameter(1e-3 * torch.randn(space.n_cells, len(space.ops)))
+        self.width_logits = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(c))) for c in pos)
         for i, c in enumerate(pos):
             self.register_buffer(f"mask{i}", width_masks(c), persistent=False)
         for i in range(space.n_cells):

@@ -215,7 +215,13 @@ class Distiller:
         return phases
 
     def _wrap_distributed(self) -> None:
-        """DDP over ranks: each trainable module wrapped for its forward; raw modules kept for saving."""
+        """Data parallel over ranks (gloo on CPU, NCCL on GPU).
+
+        The student, one forward per step, is wrapped in DDP. The online teacher's generators and
+        discriminators are called several times per backward (CycleGAN: G_A on real A, on fake A and
+        for identity), which DDP's reducer does not allow; their gradients are averaged with one
+        flattened all-reduce per optimizer step instead (``_sync_grads``), the same arithmetic.
+        """
         self.fwd = {name: getattr(self, name) for name in ("G_A", "G_B", "student", "D_A", "D_B")}
         if self.world <= 1:
             return
@@ -225,9 +231,35 @@ class Distiller:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.rt.is_cuda else "gloo")
         dev = [self.rt.device.index] if self.rt.is_cuda else None
-        for name, m in list(self.fwd.items()):
-            if m is not None and any(p.requires_grad for p in m.parameters()):
-                self.fwd[name] = DDP(m, device_ids=dev, broadcast_buffers=False)
+        self.fwd["student"] = DDP(self.student, device_ids=dev, broadcast_buffers=False)
+        # identical initial weights on every rank (each rank seeded alike, but be explicit)
+        for m in (self.G_A, self.G_B, self.D_A, self.D_B):
+            if m is not None:
+                for t in m.state_dict().values():
+                    dist.broadcast(t, 0)
+
+    def _sync_grads(self, opt: torch.optim.Optimizer | None) -> None:
+        """Average the gradients of ``opt``'s parameters across ranks (no-op on one process)."""
+        if self.world <= 1 or opt is None:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
+    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if opt is not self.opt_S:  # the student's DDP wrapper already averaged its gradients
+            self._sync_grads(opt)
+        opt.step()
 
     # ------------------------------------------------------------------ data
     def _batches(self, kind: str, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -241,7 +273,7 @@ class Distiller:
                                rank=self.rank, world_size=self.world)
 
     def _epoch_len(self) -> int:
-        return len(range(self.rank, len(self.train_set), self.world)) // self.r.data.batch_size
+        return (len(self.train_set) // self.world) // self.r.data.batch_size
 
     # ------------------------------------------------------------------ steps
     def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], opts: list) -> bool:
@@ -256,7 +288,7 @@ class Distiller:
             p.skipped_steps += 1
             return False
         last = ckpt.latest_checkpoint(self.run_dir)
-        raise CrdError(f"non-finite loss at step {p.step} ({detail}); stopped. Last good checkpoint: "
+        raise CrdError(f"non-finite loss at step {p.step + 1} ({detail}); stopped. Last good checkpoint: "
                        f"{last if last else 'none yet'} (train.nonfinite = \"skip\" skips such steps instead)")
 
     def _d_step(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, terms: dict, key: str) -> torch.Tensor:
@@ -273,8 +305,8 @@ class Distiller:
         with rt.autocast():
             fake_B, fake_A = G_A(real_A), G_B(real_B)
             rec_A, rec_B = G_B(fake_B), G_A(fake_A)
-            terms["G_A"] = self.gan.generator(D_A(fake_B))
-            terms["G_B"] = self.gan.generator(D_B(fake_A))
+            terms["G_A"] = self.gan.generator(self.D_A(fake_B))  # frozen D: the raw module, not the DDP path
+            terms["G_B"] = self.gan.generator(self.D_B(fake_A))
             terms["cycle_A"] = L.lambda_cycle * F.l1_loss(rec_A.float(), real_A.float())
             terms["cycle_B"] = L.lambda_cycle * F.l1_loss(rec_B.float(), real_B.float())
             if L.lambda_identity > 0:
@@ -283,18 +315,14 @@ class Distiller:
         loss_G = sum(terms.values())
         if not self._check_finite(loss_G, terms, [self.opt_G]):
             return {}
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
-        self.opt_G.step()
+        self._step(self.opt_G, loss_G)
         set_requires_grad([self.D_A, self.D_B], True)
         with rt.autocast():
             loss_D = self._d_step(D_A, real_B, self.pool_B.query(fake_B.detach()), terms, "D_A") + \
                 self._d_step(D_B, real_A, self.pool_A.query(fake_A.detach()), terms, "D_B")
         if not self._check_finite(loss_D, terms, [self.opt_D]):
             return {}
-        self.opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
-        self.opt_D.step()
+        self._step(self.opt_D, loss_D)
         self.progress.teacher_steps += 1
         return {k: float(v.detach()) for k, v in terms.items()}
 
@@ -313,7 +341,7 @@ class Distiller:
                 terms["feature"] = L.lambda_feature * feat
             if self.D_A is not None and self.r.discriminator.student != "none" and L.lambda_gan > 0:
                 d_in = torch.cat([real_A, s], 1) if self.pix2pix else s
-                terms["gan"] = L.lambda_gan * self.gan.generator(self.fwd["D_A"](d_in))
+                terms["gan"] = L.lambda_gan * self.gan.generator(self.D_A(d_in))
         if not terms:
             raise CrdError("the student has no loss term: enable loss.kd, the perceptual loss or the discriminator")
         return s, terms
@@ -336,9 +364,7 @@ class Distiller:
         loss = sum(terms.values())
         if not self._check_finite(loss, terms, [self.opt_S]):
             return {}
-        self.opt_S.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_S.step()
+        self._step(self.opt_S, loss)
         mode = self.r.discriminator.student
         if self.D_A is not None and (self.pretrained or mode == "updated"):
             # pretrained teacher: D keeps learning real vs teacher output (its "teacher step");
@@ -356,9 +382,7 @@ class Distiller:
                                                         self._d_input(real_A, f, D)) for f in fakes) / len(fakes)
                 terms["D_A"] = d_loss
                 if self._check_finite(d_loss, terms, [self.opt_D]):
-                    self.opt_D.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    self.opt_D.step()
+                    self._step(self.opt_D, d_loss)
         self.progress.student_steps += 1
         return {k: float(v.detach()) for k, v in terms.items()}
 
@@ -379,18 +403,14 @@ class Distiller:
             loss_D = self._d_step(D, torch.cat([real_A, real_B], 1), torch.cat([real_A, fake_B.detach()], 1),
                                   terms, "D")
         if self._check_finite(loss_D, terms, [self.opt_D]):
-            self.opt_D.zero_grad(set_to_none=True)
-            loss_D.backward()
-            self.opt_D.step()
+            self._step(self.opt_D, loss_D)
         set_requires_grad([self.D_A], False)
         with rt.autocast():
-            terms["G_gan"] = self.gan.generator(D(torch.cat([real_A, fake_B], 1)))
+            terms["G_gan"] = self.gan.generator(self.D_A(torch.cat([real_A, fake_B], 1)))
             terms["G_l1"] = L.lambda_l1 * F.l1_loss(fake_B.float(), real_B.float())
         loss_G = terms["G_gan"] + terms["G_l1"]
         if self._check_finite(loss_G, terms, [self.opt_G]):
-            self.opt_G.zero_grad(set_to_none=True)
-            loss_G.backward()
-            self.opt_G.step()
+            self._step(self.opt_G, loss_G)
         set_requires_grad([self.D_A], True)
         self.progress.teacher_steps += 1
         out = {k: float(v.detach()) for k, v in terms.items()}

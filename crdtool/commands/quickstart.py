@@ -1,0 +1,68 @@
+"""``crdtool quickstart``: the whole chain on generated data, on a CPU, in a few minutes.
+
+synthetic data -> distill (online teacher -> CRD student) -> profile -> export (ONNX, INT8, FP16,
+verified) -> bench. Everything lands in ``./data/quickstart`` and ``./runs/quickstart``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.rule import Rule
+
+from crdtool.commands.common import console, parse_overrides, user_errors
+
+
+def packaged_recipe() -> Path:
+    """The quickstart recipe shipped inside the package (``recipes/quickstart.toml`` links to it)."""
+    return Path(str(resources.files("crdtool") / "recipes" / "quickstart.toml"))
+
+
+@user_errors
+def quickstart(
+    workdir: Path = typer.Option(Path("."), "--workdir", help="Where data/ and runs/ are created."),
+    steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap the student steps (a faster smoke run)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted quickstart run."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe key: --set train.lr=1e-4"),
+) -> None:
+    """Generate data, distil, profile, export and bench: the whole chain on a CPU in a few minutes."""
+    from crdtool.bench.latency import bench_artifacts
+    from crdtool.commands.bench import print_bench
+    from crdtool.commands.distill import print_result, run_with_progress
+    from crdtool.commands.export import render_export_result
+    from crdtool.commands.profile import render_comparison
+    from crdtool.deploy.export import export_artifacts
+    from crdtool.profile import profile_recipe
+
+    workdir = workdir.resolve()
+    run_dir = workdir / "runs" / "quickstart"
+    overrides = {"data.root": str(workdir / "data" / "quickstart"), "output_dir": str(run_dir),
+                 **parse_overrides(set_)}
+    if steps is not None:
+        overrides["train.max_steps"] = steps
+    recipe_path = packaged_recipe()
+
+    console.print(Rule("1/4 distill"))
+    recipe, result = run_with_progress(recipe_path, resume, overrides)
+    print_result(recipe, result)
+    if result.interrupted:
+        raise typer.Exit(0)
+
+    console.print(Rule("2/4 profile (at the training size and at 256x256)"))
+    render_comparison(console, profile_recipe(run_dir / "recipe.toml"))
+    render_comparison(console, profile_recipe(run_dir / "recipe.toml", size=256))
+
+    console.print(Rule("3/4 export"))
+    exported = export_artifacts(run_dir, onnx=True, int8_cpu=True, fp16=True)
+    render_export_result(exported, console)
+
+    console.print(Rule("4/4 bench (CPU, each measurement in its own process)"))
+    artifacts = [str(run_dir)] + [str(p) for p in exported.artifacts.values() if p.suffix == ".onnx"]
+    results = bench_artifacts(artifacts, ("auto",), size=recipe.data.crop_size, runs=100, max_seconds=10.0,
+                              warmup="auto")
+    print_bench(console, results, title=f"quickstart student at {recipe.data.crop_size}x{recipe.data.crop_size}")
+    console.print(f"\n[bold green]done.[/] Everything is in {run_dir}. Next: crdtool profile {run_dir}, "
+                  f"crdtool bench {run_dir} --compare, or a real recipe: crdtool distill recipes/h2z.toml")
