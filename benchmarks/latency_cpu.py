@@ -33,7 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="default: physical cores")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: random resnet ngf64)")
-    p.add_argument("--student", type=Path, default=None, help="student checkpoint (default: random mobile_resnet ngf16)")
+    p.add_argument("--student", type=Path, default=None,
+                   help="student checkpoint (default: random mobile_resnet ngf16)")
     p.add_argument("--images", type=Path, default=DATA / "testA" if (DATA / "testA").is_dir() else None,
                    help="real images used as inputs (default: shared cat2dog testA when present)")
     p.add_argument("--calib", type=Path, default=DATA / "trainA" if (DATA / "trainA").is_dir() else None,
@@ -116,7 +117,8 @@ def notes(results, comps, args, load_start) -> list[str]:
     s32, s8 = by.get(("student", "ort-cpu", "fp32")), by.get(("student", "ort-cpu", "int8"))
     if s32:
         met = "met" if s32.median_ms <= TARGET_STUDENT_MS else "NOT met"
-        out.append(f"target: student onnxruntime fp32 median <= {TARGET_STUDENT_MS:g} ms: {s32.median_ms:.2f} ms ({met})")
+        out.append(f"target: student onnxruntime fp32 median <= {TARGET_STUDENT_MS:g} ms: "
+                   f"{s32.median_ms:.2f} ms ({met})")
     for c in comps:
         met = "met" if c.ratio >= TARGET_RATIO else "NOT met"
         out.append(f"target: teacher/student >= {TARGET_RATIO:g}x on {c.backend} {c.precision}: {c.ratio:.1f}x ({met})")

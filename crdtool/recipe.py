@@ -106,8 +106,10 @@ class TrainConfig(_Section):
     round_epochs: int = Field(10, ge=1, description="CycleGAN: teacher epochs between student rounds (h2z 10, s2w 6)")
     student_epochs_per_round: int = Field(40, ge=0)
     student_epochs: int = Field(200, ge=0, description="pretrained teacher: total student epochs (half constant, half decay)")
-    teacher_select: Literal["last", "fid"] = "last"
-    fid_every_round: bool = True
+    teacher_select: Literal["last", "fid"] = Field(
+        "last", description="CycleGAN online teacher: distil from the last one, or the best by FID so far")
+    fid_images: int = Field(100, ge=2, description="test images per domain for the teacher's FID")
+    inception_weights: Optional[Path] = Field(None, description="FID Inception file; unset = crdtool's default lookup")
     pool_size: int = Field(50, ge=0)
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many student steps (smoke runs)")
     eval_every: int = Field(500, ge=1, description="student steps between evaluations")
@@ -157,6 +159,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     recipe.data.root = fix(recipe.data.root)
     recipe.teacher.checkpoint = fix(recipe.teacher.checkpoint)
     recipe.loss.vgg_weights = fix(recipe.loss.vgg_weights)
+    recipe.train.inception_weights = fix(recipe.train.inception_weights)
     for g in (recipe.teacher, recipe.student):
         if g.arch.endswith(".json") and not Path(g.arch).is_absolute():
             g.arch = str((base / g.arch).resolve())

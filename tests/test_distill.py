@@ -143,3 +143,47 @@ def test_pix2pix_joint_steps(tmp_path):
                     train={"max_steps": 4})
     res = distill.run(r)
     assert res.student_steps == 4 and res.steps == 4
+
+
+def test_best_teacher_is_tracked_per_direction(tmp_path, monkeypatch):
+    """A B->A improvement must not replace the best A->B teacher (the public code's bug)."""
+    import crdtool.train.teacher_select as ts
+
+    scores = {("AtoB", 0): 10.0, ("BtoA", 0): 10.0, ("AtoB", 1): 12.0, ("BtoA", 1): 5.0}
+    snapshots = {}
+
+    def fake_fid(distiller, direction, generator):
+        rnd = distiller.progress.phase // 2
+        if direction == "AtoB":
+            snapshots[rnd] = weights(generator)
+        return scores[(direction, rnd)]
+
+    monkeypatch.setattr(ts, "teacher_fid", fake_fid)
+    small = {"kind": "unpaired", "size": 32, "count": 8, "seed": 0}
+    r = tiny_recipe(tmp_path, data={"synth": small},
+                    train={"teacher_select": "fid", "teacher_epochs": 2, "teacher_epochs_decay": 0})
+    distill.prepare_data(r)
+    d = Distiller(r)
+    d.run()
+    assert d.progress.best_fid == {"AtoB": 10.0, "BtoA": 5.0}
+    assert same(weights(d.best_G_A), snapshots[0]) and not same(snapshots[0], snapshots[1])
+    assert same(weights(load_generator(tmp_path / "run" / "teacher.safetensors")), snapshots[0])
+
+
+def test_teacher_scorer_computes_fid_with_cached_real_stats(tmp_path, monkeypatch):
+    from crdtool.metrics import fid as fidlib
+    from crdtool.train.teacher_select import TeacherScorer
+
+    # A stand-in feature extractor (16-d): the Inception itself is tested in test_fid.py; here the plumbing
+    # (translation, uint8 rounding, cached real statistics, Frechet distance) is what is checked.
+    torch.manual_seed(0)
+    tiny = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 16))
+    monkeypatch.setattr(fidlib, "load_inception", lambda path=None: tiny)
+    monkeypatch.setattr(fidlib, "INCEPTION_SIZE", 32)
+    r = tiny_recipe(tmp_path)
+    distill.prepare_data(r)
+    scorer = TeacherScorer(r.data.root, 32, tmp_path, n_images=4)
+    g = build_generator("resnet", 4, n_blocks=2)
+    a = scorer.score(g, "AtoB")
+    assert a > 0 and (tmp_path / "fid_real_B_32px.npz").is_file()
+    assert scorer.score(g, "AtoB") == pytest.approx(a)  # deterministic, real stats reused

@@ -4,4 +4,5 @@ plots (``report``)."""
 from crdtool.bench.latency import BenchSpec, LatencyResult, bench_artifacts, measure_latency
 from crdtool.bench.runners import Backend, make_runner, parse_backend
 
-__all__ = ["Backend", "BenchSpec", "LatencyResult", "bench_artifacts", "make_runner", "measure_latency", "parse_backend"]
+__all__ = ["Backend", "BenchSpec", "LatencyResult", "bench_artifacts", "make_runner", "measure_latency",
+           "parse_backend"]

@@ -67,4 +67,5 @@ def input_pool(n_images: int, size: int, images: str | Path | None = None, artif
         if len(x) < n_images:
             x = x.repeat((n_images + len(x) - 1) // len(x), 1, 1, 1)[:n_images]
         return x, desc
-    return synthetic_images(n_images, size, channels), f"{n_images} synthetic smooth-noise images (seed 0, no image folder given)"
+    desc = f"{n_images} synthetic smooth-noise images (seed 0, no image folder given)"
+    return synthetic_images(n_images, size, channels), desc

@@ -109,7 +109,7 @@ def setup_lines(results: Sequence[LatencyResult]) -> list[str]:
 
 
 def render_table(results: Sequence[LatencyResult], comparisons: Sequence[Speedup] = (),
-                 quality: Sequence[QualityResult] = (), title: str = "crdtool bench"):
+                 quality: Sequence[QualityResult] = (), title: str = "crdtool bench", notes: Sequence[str] = ()):
     """A rich renderable (a Group of tables and notes) for ``console.print``."""
     from rich.console import Group
     from rich.table import Table
@@ -135,7 +135,7 @@ def render_table(results: Sequence[LatencyResult], comparisons: Sequence[Speedup
         parts.append(c)
     if quality:
         parts.append(quality_table(quality))
-    parts.append(Text("\n".join(setup_lines(results)), style="dim"))
+    parts.append(Text("\n".join(setup_lines(results) + list(notes)), style="dim"))
     return Group(*parts)
 
 

