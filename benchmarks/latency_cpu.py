@@ -95,6 +95,8 @@ def main(argv: list[str]) -> int:
                                                            f"{s.backend}...", file=sys.stderr))
     for r in results:  # the temporary files are gone; say what they were
         r.artifact = Path(r.artifact).name
+        if r.fidelity and r.fidelity.get("reference"):
+            r.fidelity["reference"] = Path(r.fidelity["reference"]).name
     teacher = [r for r in results if r.name.startswith("teacher")]
     student = [r for r in results if r.name.startswith("student")]
     comps = speedups(teacher, student)

@@ -417,3 +417,22 @@ def test_cli_fid_and_fid_stats(models, tmp_path, monkeypatch):
     res = CliRunner().invoke(_app(), ["fid-stats", str(root / "testB"), "-o", str(tmp_path / "x.txt"),
                                       "--inception-weights", str(weights)])
     assert res.exit_code == 1 and ".npz" in res.output
+
+
+def test_aligned_split_uses_the_right_halves(tmp_path):
+    from crdtool.bench.quality import iter_split_images
+
+    (tmp_path / "val").mkdir()
+    ab = Image.new("RGB", (40, 20), (255, 0, 0))
+    ab.paste((0, 0, 255), (20, 0, 40, 20))  # A (left) red | B (right) blue, like pix2pix files
+    ab.save(tmp_path / "val" / "0.png")
+    split = eval_split(tmp_path, "BtoA")
+    assert split.aligned and split.source == split.real
+    (_, src), = iter_split_images(split.source, split.aligned, "B", None, size=8)
+    (_, real), = iter_split_images(split.real, split.aligned, "A", None)
+    assert src.size == (8, 8) and src.getpixel((4, 4)) == (0, 0, 255)
+    assert real.size == (20, 20) and real.getpixel((4, 4)) == (255, 0, 0)
+    with pytest.raises(CrdError, match="test split"):
+        eval_split(tmp_path / "val")
+    with pytest.raises(CrdError, match="direction"):
+        eval_split(tmp_path, "AtoC")

@@ -166,6 +166,9 @@ def test_budget_controller_moves_lambda_the_right_way():
     assert c.update(50.0) == 2.0  # below: halved
     assert c.update(89.9) == 1.0
     assert c.inside(90.0) and c.inside(100.0) and not c.inside(100.1)
+    for _ in range(40):
+        c.update(10.0)
+    assert c.lam == 2.0**-12  # bounded: a long stretch under the window is undone by a few doublings
 
 
 def test_mac_penalty_alone_drives_the_argmax_network_down():

@@ -73,7 +73,8 @@ class SearchSection(_Section):
     arch_lr: float = Field(3e-4, gt=0)
     arch_beta1: float = Field(0.5, ge=0, lt=1)
     arch_beta2: float = Field(0.999, ge=0, lt=1)
-    lambda_macs: float = Field(1.0, gt=0, description="initial lambda; the controller adapts it")
+    lambda_macs: float = Field(0.01, gt=0, description="initial lambda (small: the teacher's preferences shape "
+                               "the logits before the MAC penalty bites); the controller adapts it")
     control_every: int = Field(10, ge=1, description="search steps between lambda updates")
     tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature (gradient only: samples are hard)")
     checkpoint_every: int = Field(200, ge=1)

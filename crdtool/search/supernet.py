@@ -197,14 +197,17 @@ def space_extremes(space: SearchSpace, size: int) -> tuple[float, float]:
 
 
 class BudgetController:
-    """AGD's lambda rule: halve lambda while the derived network is under the window, double it above."""
+    """AGD's lambda rule: halve lambda while the derived network is under the window, double it above.
 
-    def __init__(self, budget_min: float, budget_max: float, lam: float = 1.0, lam_min: float = 1e-6,
-                 lam_max: float = 1e6):
+    lambda stays within ``2**-span .. 2**span`` times its initial value: an unbounded run of halvings
+    (a long stretch under the window) would otherwise take as many doublings to undo.
+    """
+
+    def __init__(self, budget_min: float, budget_max: float, lam: float = 1.0, span: int = 12):
         if not 0 < budget_min <= budget_max:
             raise ValueError(f"bad budget window [{budget_min}, {budget_max}]")
         self.budget_min, self.budget_max, self.lam = float(budget_min), float(budget_max), float(lam)
-        self.lam_min, self.lam_max = lam_min, lam_max
+        self.lam_min, self.lam_max = lam * 2.0**-span, lam * 2.0**span
 
     def inside(self, macs: float) -> bool:
         return self.budget_min <= macs <= self.budget_max
