@@ -122,6 +122,17 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _unclean(obj: Any) -> Any:
+    """Inverse of ``_clean`` for numbers read back from a results file: null -> nan."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: _unclean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unclean(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: Any) -> None:
     from crdtool.fileio import write_json_atomic
 
@@ -481,7 +492,8 @@ def judge(per_seed: dict[str, dict[int, float]], arms: dict[str, dict[str, Any]]
         p = float(st.ttest_ind(xa, xb, equal_var=False).pvalue) if min(len(xa), len(xb)) > 1 else float("nan")
         held = diff > 0
         clear = ratio == ratio and abs(ratio) >= CLEAR
-        verdict = ("held" if held else "reversed") + (" clearly" if clear else " (within seed noise)")
+        noise = " (within seed noise)" if ratio == ratio else " (one seed: no spread to compare with)"
+        verdict = ("held" if held else "reversed") + (" clearly" if clear else noise)
         out.append({"better": better, "worse": worse, "claim": text, "metric": metric,
                     "mean_better": a["mean"], "mean_worse": b["mean"], "difference": diff, "pooled_std": pooled,
                     "difference_in_std": ratio, "seed_wins": wins, "seeds_compared": len(seeds),
@@ -675,6 +687,8 @@ def write_snippet(results_dir: Path) -> Path | None:
         except (OSError, json.JSONDecodeError):
             continue
         if d.get("format") == RESULT_FORMAT:
+            for key in ("arms", "references", "claims", "claims_kid"):
+                d[key] = _unclean(d[key])
             found.append(d)
     if not found:
         return None

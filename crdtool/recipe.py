@@ -91,6 +91,9 @@ class LossConfig(_Section):
     vgg_weights: Optional[Path] = Field(None, description="torchvision vgg16 state dict; unset = no perceptual loss")
     lambda_style: float = Field(1e4, ge=0)
     lambda_feature: float = Field(10.0, ge=0)
+    lambda_pixel: float = Field(0.0, ge=0, description=(
+        "L1 between student and teacher outputs; not in the paper: a stand-in anchor for colours when the VGG "
+        "weights (and so the feature loss) are unavailable"))
     lambda_gan: float = Field(1.0, ge=0)
     lambda_cycle: float = Field(10.0, ge=0)
     lambda_identity: float = Field(0.5, ge=0)

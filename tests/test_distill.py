@@ -83,9 +83,11 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     full = tiny_recipe(tmp_path / "a", data={"synth": small}, train={"max_steps": 12, "checkpoint_every": 5})
     res = distill.run(full)
     assert res.student_steps == 12 and res.steps == 28
-    part = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", train={"max_steps": 5, "checkpoint_every": 5})
+    part = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", data={"synth": small},
+                       train={"max_steps": 5, "checkpoint_every": 5})
     distill.run(part)
-    rest = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", train={"max_steps": 12, "checkpoint_every": 5})
+    rest = tiny_recipe(tmp_path / "b", data_root=tmp_path / "a" / "data", data={"synth": small},
+                       train={"max_steps": 12, "checkpoint_every": 5})
     res2 = distill.run(rest, resume=True)
     assert res2.steps == res.steps
     from crdtool.train.state import latest_checkpoint, load_checkpoint

@@ -61,8 +61,9 @@ def quickstart(
 
     console.print(Rule("4/4 bench (CPU, each measurement in its own process)"))
     artifacts = [str(run_dir)] + [str(p) for p in exported.artifacts.values() if p.suffix == ".onnx"]
+    test_images = recipe.data.root / "testA"
     results = bench_artifacts(artifacts, ("auto",), size=recipe.data.crop_size, runs=100, max_seconds=10.0,
-                              warmup="auto")
+                              warmup="auto", images=str(test_images))
     print_bench(console, results, title=f"quickstart student at {recipe.data.crop_size}x{recipe.data.crop_size}")
     console.print(f"\n[bold green]done.[/] Everything is in {run_dir}. Next: crdtool profile {run_dir}, "
                   f"crdtool bench {run_dir} --compare, or a real recipe: crdtool distill recipes/h2z.toml")

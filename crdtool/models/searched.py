@@ -20,7 +20,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crdtool.errors import CrdError
-from crdtool.fileio import write_json_atomic
+from crdtool.fileio import write_bytes_atomic
 from crdtool.models.registry import GeneratorSpec, register_generator
 from crdtool.search.space import ARCH_FORMAT, ARCH_VERSION, OPS, head_layers, make_op, stem_layers
 
@@ -36,8 +36,8 @@ class _Cell(BaseModel):
 
 class _Arch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    format: Literal["crdtool.arch"] = ARCH_FORMAT
-    version: Literal[1]
+    format: Literal[ARCH_FORMAT] = ARCH_FORMAT  # type: ignore[valid-type]
+    version: Literal[ARCH_VERSION]  # type: ignore[valid-type]
     input_nc: int = Width
     output_nc: int = Width
     norm: Literal["instance"] = "instance"
@@ -120,12 +120,24 @@ def load_arch(path: str | Path) -> GeneratorSpec:
     return arch_spec(data, str(path))
 
 
+def arch_to_json(arch: dict[str, Any]) -> str:
+    """Readable JSON: header fields first, one line per cell, ``meta`` last."""
+    data = validate_arch(arch)
+    parts = [f"  {json.dumps(k)}: {json.dumps(data[k])}" for k in
+             ("format", "version", "input_nc", "output_nc", "norm", "expand", "stem")]
+    cells = ",\n".join(f"    {json.dumps(c)}" for c in data["cells"])
+    parts.append(f'  "cells": [\n{cells}\n  ]')
+    parts.append(f'  "head": {json.dumps(data["head"])}')
+    meta = json.dumps(data["meta"], indent=2, sort_keys=True).replace("\n", "\n  ")
+    parts.append(f'  "meta": {meta}')
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 def save_arch(arch: dict[str, Any] | GeneratorSpec, path: str | Path) -> Path:
-    """Validate and write ``arch.json`` atomically (indented, sorted keys: readable and diffable)."""
+    """Validate and write ``arch.json`` atomically."""
     if isinstance(arch, GeneratorSpec):
         if arch.arch is None:
             raise CrdError(f"generator {arch.describe()!r} has no arch description to save")
         arch = arch.arch
-    data = validate_arch(arch)
-    write_json_atomic(path, data)
+    write_bytes_atomic(path, arch_to_json(arch).encode())
     return Path(path)

@@ -591,7 +591,7 @@ class Searcher:
             self.warnings.append(f"derived network ({format_macs(macs['total'])}) is outside the window "
                                  f"[{format_macs(self.budget_min)}, {format_macs(self.budget_max)}]")
         arch = dict(arch)
-        arch["meta"] = {"search": self.cfg.name, "size": self.size, "macs": macs["total"],
+        arch["meta"] = {"search": self.cfg.name, "size": self.size, "macs": macs["total"], "convention": "literature",
                         "macs_256": arch_macs(arch, 256)["total"], "budget": [self.budget_min, self.budget_max],
                         "derive": derive, "teacher": self.teacher_source, "steps": self.step}
         arch_path = save_arch(arch, self.run_dir / "arch.json")

@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crdtool.search.space import (
-    FinalLayer,
     SearchSpace,
     arch_macs,
     head_layers,

@@ -337,6 +337,8 @@ class Distiller:
                 terms["crd"] = L.lambda_crd * self.crd(s.float(), teacher_out.float())
             if self.irkd is not None and L.lambda_crd > 0:
                 terms["rkd"] = L.lambda_crd * self.irkd(s.float(), teacher_out.float())
+            if L.lambda_pixel > 0:
+                terms["pixel"] = L.lambda_pixel * F.l1_loss(s.float(), teacher_out.float())
             if self.perceptual is not None:
                 style, feat = self.perceptual(s, teacher_out)
                 terms["style"] = L.lambda_style * style
