@@ -52,6 +52,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Path]]:
     from crdtool.bench.inputs import synthetic_images
     from crdtool.data.images import load_folder_tensor
     from crdtool.deploy.onnx import export_onnx
+    from crdtool.deploy.optimize import optimize_for_cpu
     from crdtool.deploy.quantize import quantize_int8_qdq
     from crdtool.models.checkpoints import load_generator, save_generator
     from crdtool.models.registry import build_generator
@@ -64,7 +65,8 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Path]]:
                                                                               ("mobile_resnet", 16))):
         ckpt = given or save_generator(build_generator(*default), work / f"{role}.safetensors")
         model = load_generator(ckpt)
-        fp32 = export_onnx(model, work / f"{role}.onnx", input_shape=(1, 3, args.size, args.size))
+        fp32 = optimize_for_cpu(export_onnx(model, work / f"{role}.onnx", input_shape=(1, 3, args.size, args.size)),
+                                work / f"{role}.onnx")
         int8 = quantize_int8_qdq(fp32, work / f"{role}-int8.onnx", calib)
         out[role] = {"ckpt": Path(ckpt), "fp32": fp32, "int8": int8, "label": f"{role} {model.spec.describe()}"}
     return out

@@ -1,7 +1,7 @@
 """crdtool.deploy.optimize: every rewrite keeps the fp32 output (vs PyTorch and vs the original graph).
 
 Single-node graphs check the weight algebra against torch's own conv ops over many configurations; small
-exported generators of every family (32-48 px, random O(1) weights with non-zero biases) check the pass on
+exported generators of every family (resnet, mobile_resnet, unet, searched; 32-48 px, random O(1) weights with non-zero biases) check the pass on
 the graphs the exporter really writes.
 """
 
@@ -19,6 +19,7 @@ from crdtool.deploy import onnx as donnx
 from crdtool.deploy.optimize import DEFAULT_REWRITES, REWRITES, optimize_for_cpu, optimize_model
 from crdtool.errors import CrdError
 from crdtool.models import build_generator
+from crdtool.models.registry import GeneratorSpec
 
 TOL = 1e-5  # measured ~1e-6: the rewrites only reorder float sums and add exact zeros
 
@@ -184,18 +185,26 @@ def _kaiming(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-FAMILIES = {  # name: (build kwargs, size, expected sites per rewrite)
-    "mobile_resnet": (dict(ngf=8, n_blocks=2), 48, {"narrow_conv_space_to_depth": 1, "convtranspose_to_conv_d2s": 2}),
-    "resnet": (dict(ngf=8, n_blocks=1), 32, {"narrow_conv_space_to_depth": 1, "convtranspose_to_conv_d2s": 2}),
-    "unet": (dict(ngf=8, num_downs=5), 32, {"narrow_conv_space_to_depth": 0, "convtranspose_to_conv_d2s": 5}),
+SEARCHED_ARCH = {"format": "crdtool.arch", "version": 1, "input_nc": 3, "output_nc": 3, "norm": "instance",
+                 "expand": 2, "stem": [8, 16, 16], "head": [16, 8],
+                 "cells": [{"op": "invres", "width": 16}, {"op": "resblock", "width": 16}]}
+FAMILIES = {  # name: (spec, size, expected sites per rewrite)
+    "mobile_resnet": (GeneratorSpec("mobile_resnet", ngf=8, n_blocks=2), 48,
+                      {"narrow_conv_space_to_depth": 1, "convtranspose_to_conv_d2s": 2}),
+    "resnet": (GeneratorSpec("resnet", ngf=8, n_blocks=1), 32,
+               {"narrow_conv_space_to_depth": 1, "convtranspose_to_conv_d2s": 2}),
+    "unet": (GeneratorSpec("unet", ngf=8, num_downs=5), 32,
+             {"narrow_conv_space_to_depth": 0, "convtranspose_to_conv_d2s": 5}),
+    "searched": (GeneratorSpec("searched", arch=SEARCHED_ARCH), 32,
+                 {"narrow_conv_space_to_depth": 1, "convtranspose_to_conv_d2s": 2}),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def exported(request, tmp_path_factory):
     name = request.param
-    kwargs, size, expected = FAMILIES[name]
-    model = _kaiming(build_generator(name, **kwargs), seed=len(name))
+    spec, size, expected = FAMILIES[name]
+    model = _kaiming(build_generator(spec), seed=len(name))
     path = donnx.export_onnx(model, tmp_path_factory.mktemp(name) / f"{name}.onnx", (1, 3, size, size))
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(7)) * 2 - 1
     return name, model, path, x, expected

@@ -85,7 +85,10 @@ def export_temp_onnx(artifact: str, path: Path, batch: int, size: int) -> Path:
     from crdtool.models.checkpoints import load_generator
 
     model = load_generator(artifact)
-    return export_onnx(model, path, input_shape=(batch, model.spec.input_nc, size, size), dynamic=False)
+    from crdtool.deploy.optimize import optimize_for_cpu
+
+    onnx_path = export_onnx(model, path, input_shape=(batch, model.spec.input_nc, size, size), dynamic=False)
+    return optimize_for_cpu(onnx_path, onnx_path)  # the same exact CPU rewrites `crdtool export` applies
 
 
 @dataclass

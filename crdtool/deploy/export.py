@@ -22,7 +22,7 @@ from PIL import Image
 
 from crdtool.data.images import BadImageError, list_images, load_folder_tensor, load_image, to_tensor
 from crdtool.deploy import onnx as onnx_mod
-from crdtool.deploy import quantize, tensorrt
+from crdtool.deploy import optimize, quantize, tensorrt
 from crdtool.deploy.manifest import MANIFEST_NAME, ArtifactEntry, build_manifest, sha256_file, write_manifest
 from crdtool.deploy.onnx import Parity
 from crdtool.errors import CrdError
@@ -206,7 +206,7 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
                      int8_cpu: bool = False, fp16: bool = False, trt: str | None = None, dynamic: bool = False,
                      size: int | None = None, images: str | Path | torch.Tensor | None = None,
                      calib_images: int = 64, verify_images: int = VERIFY_IMAGES, workspace_gb: float = 2.0,
-                     timing_cache: str | Path | None = None) -> ExportResult:
+                     timing_cache: str | Path | None = None, cpu_optimize: bool = True) -> ExportResult:
     """Export a generator (crdtool file, official .pth, or run folder) and verify every artifact.
 
     ``trt`` is None or one of "fp32", "fp16", "int8". Raises ``CrdError`` (and writes nothing) when the
@@ -270,19 +270,27 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
                                              None if parity is None else parity.to_dict(), status, extra or {}))
 
         fp32 = onnx_mod.export_onnx(model, staging / f"{stem}.onnx", shape, dynamic=dynamic)
+        # The published fp32 graph gets exact CPU rewrites (crdtool.deploy.optimize); INT8/FP16 and TensorRT
+        # start from the plain export, whose Pad -> Conv pattern TensorRT fuses and the QDQ pass expects.
+        plain = fp32
+        if cpu_optimize:
+            plain = staging / f".{stem}.plain.onnx"
+            shutil.copyfile(fp32, plain)
+            optimize.optimize_for_cpu(fp32, fp32)  # exact; the parity gate below checks the result
         parity = onnx_mod.compare(reference, onnx_mod.run_onnx(fp32, verify))
         onnx_mod.check_fp32_parity(parity, f"the ONNX export of {src_path.name}")
-        graphs["fp32"] = fp32
-        record("onnx-fp32", fp32, parity, onnx, extra={"opset": onnx_mod.OPSET})
+        graphs["fp32"] = plain
+        record("onnx-fp32", fp32, parity, onnx, extra={
+            "opset": onnx_mod.OPSET, "cpu_rewrites": list(optimize.DEFAULT_REWRITES) if cpu_optimize else []})
 
         if want_int8:
-            q = quantize.quantize_int8_qdq(fp32, staging / f"{stem}.int8.onnx", calib)
+            q = quantize.quantize_int8_qdq(plain, staging / f"{stem}.int8.onnx", calib)
             graphs["int8"] = q
             record("onnx-int8-qdq", q, onnx_mod.compare(reference, onnx_mod.run_onnx(q, verify)), True,
                    extra={"quantized_ops": list(quantize.QUANTIZED_OPS), "symmetric": True,
                           "calibration": "minmax", "calibration_images": int(len(calib))})
         if want_fp16:
-            h = quantize.convert_fp16(fp32, staging / f"{stem}.fp16.onnx", sample_inputs=verify[:4])
+            h = quantize.convert_fp16(plain, staging / f"{stem}.fp16.onnx", sample_inputs=verify[:4])
             graphs["fp16"] = h
             record("onnx-fp16", h, onnx_mod.compare(reference, onnx_mod.run_onnx(h, verify)), True,
                    extra={"fp32_ops": sorted(quantize.KEEP_FP32_OPS & _op_types(h)), "io_dtype": "float32"})
