@@ -43,6 +43,11 @@ SMALL = {
     "resnet": (GeneratorSpec("resnet", 8, n_blocks=2), 32),
     "mobile_resnet": (GeneratorSpec("mobile_resnet", 8, n_blocks=2), 32),
     "unet": (GeneratorSpec("unet", 8, num_downs=5), 32),
+    "searched": (GeneratorSpec("searched", arch={
+        "format": "crdtool.arch", "version": 1, "input_nc": 3, "output_nc": 3, "norm": "instance", "expand": 4,
+        "stem": [8, 16, 24], "head": [16, 8],
+        "cells": [{"op": "invres", "width": 16}, {"op": "resblock", "width": 32},
+                  {"op": "conv3x3", "width": 16}, {"op": "conv1x1", "width": 24}]}), 32),
 }
 
 
