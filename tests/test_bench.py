@@ -368,7 +368,11 @@ def test_compare_pair_from_recipe_builds_random_weights(tmp_path, monkeypatch):
     recipe = Path(__file__).resolve().parents[1] / "crdtool" / "recipes" / "quickstart.toml"
     monkeypatch.chdir(tmp_path)
     pair = A.resolve_pair([recipe], tmp_path)
-    assert pair.teacher_name == "teacher resnet ngf16" and pair.student_name == "student mobile_resnet ngf4"
+    from crdtool.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    assert pair.teacher_name == f"teacher {r.teacher.spec().describe()}"
+    assert pair.student_name == f"student {r.student.spec().describe()}"
     assert Path(pair.teacher).is_file() and len(pair.notes) == 2 and "random weights" in pair.notes[0]
     with pytest.raises(CrdError, match="--compare"):
         A.resolve_pair(["a", "b", "c"], tmp_path)
