@@ -193,8 +193,8 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | No
     return _resolve_paths(recipe, base or Path.cwd())
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read and validate a TOML recipe; ``overrides`` are dotted keys, e.g. ``{"train.max_steps": 10}``."""
+def read_toml(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A recipe file as a dict, with dotted-key ``overrides`` applied; one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise CrdError(f"recipe not found: {path}")
@@ -208,7 +208,13 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return parse_recipe(data, str(path), path.parent.resolve())
+    return data
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and validate a TOML recipe; ``overrides`` are dotted keys, e.g. ``{"train.max_steps": 10}``."""
+    path = Path(path)
+    return parse_recipe(read_toml(path, overrides), str(path), path.parent.resolve())
 
 
 def dump_toml(data: dict[str, Any]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir, write_bytes_atomic, write_json_atomic
-from crdtool.recipe import DataConfig, GeneratorConfig, dump_toml
+from crdtool.recipe import DataConfig, GeneratorConfig, dump_toml, read_toml
 from crdtool.runtime import Runtime
 from crdtool.search.space import (
     DEFAULT_RATIOS,
@@ -180,19 +179,7 @@ def parse_search_recipe(data: dict[str, Any], source: str = "<recipe>", base: Pa
 def load_search_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
     """Read a search recipe; relative input paths are resolved against the recipe's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise CrdError(f"recipe not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise CrdError(f"{path}: not valid TOML: {e}") from None
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return parse_search_recipe(data, str(path), path.parent.resolve())
+    return parse_search_recipe(read_toml(path, overrides), str(path), path.parent.resolve())
 
 
 # ---------------------------------------------------------------------------------------------- losses
