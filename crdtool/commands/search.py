@@ -95,8 +95,8 @@ def print_result(cfg, r) -> None:
                   f"E[MACs] {format_macs(r.expected_macs)}; at 256px {format_macs(r.arch['meta']['macs_256'])}",
                   highlight=False)
     console.print(f"arch: {r.arch_path}\nweights (supernet-inherited, untrained): {r.generator_path}\n"
-                  f"log: {r.log_path}\nnext: distil it with student = {{ arch = \"{r.arch_path}\" }} "
-                  f"(or --set student.arch={r.arch_path})", highlight=False)
+                  f"log: {r.log_path}\nnext: distil it with student = {{ arch = \"{Path(r.arch_path).resolve()}\" }} "
+                  f"(or --set student.arch={Path(r.arch_path).resolve()})", highlight=False)
 
 
 @user_errors
