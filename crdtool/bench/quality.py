@@ -63,21 +63,13 @@ def _half(img: Image.Image, which: str) -> Image.Image:
 def iter_split_images(files: list[Path], aligned: bool, side: str, n: int | None,
                       size: int | None = None) -> Iterator[tuple[Path, Image.Image]]:
     """(path, RGB image) of the first ``n`` readable files (the ``side`` half when aligned), resized to ``size``."""
-    from crdtool.data.images import BadImageError, load_image
+    from crdtool.data.images import iter_readable
 
-    count = 0
-    for p in files:
-        if n is not None and count >= n:
-            return
-        try:
-            img = load_image(p)
-        except BadImageError:
-            continue
+    for p, img in iter_readable(files, n):
         if aligned:
             img = _half(img, side)
         if size is not None:
             img = img.resize((size, size), Image.BICUBIC)
-        count += 1
         yield p, img
 
 

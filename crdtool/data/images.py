@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -44,6 +45,20 @@ def load_image(path: str | Path) -> Image.Image:
         raise BadImageError(path, str(e) or type(e).__name__) from e
 
 
+def iter_readable(files: Iterable[str | Path], n: int | None = None) -> Iterator[tuple[Path, Image.Image]]:
+    """(path, RGB image) for the first ``n`` files that decode; unreadable ones are skipped."""
+    count = 0
+    for p in files:
+        if n is not None and count >= n:
+            return
+        try:
+            img = load_image(p)
+        except BadImageError:
+            continue
+        count += 1
+        yield Path(p), img
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB -> float tensor (3, H, W) in [-1, 1], the generators' value range."""
     arr = np.asarray(img, dtype=np.uint8)
@@ -64,15 +79,8 @@ def load_folder_tensor(folder: str | Path, size: int | tuple[int, int], n: int |
     if none is readable the error names the folder.
     """
     h, w = (size, size) if isinstance(size, int) else size
-    out = []
-    for p in files if files is not None else list_images(folder):
-        if n is not None and len(out) >= n:
-            break
-        try:
-            img = load_image(p)
-        except BadImageError:
-            continue
-        out.append(to_tensor(img.resize((w, h), Image.BICUBIC)))
+    out = [to_tensor(img.resize((w, h), Image.BICUBIC))
+           for _, img in iter_readable(files if files is not None else list_images(folder), n)]
     if not out:
         raise CrdError(f"no readable images in {folder}")
     return torch.stack(out)

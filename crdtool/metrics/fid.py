@@ -347,18 +347,10 @@ def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
 
 def iter_folder_images(source: str | Path | Sequence[str | Path], n: int | None = None) -> Iterator[torch.Tensor]:
     """uint8 (3, H, W) tensors of the first ``n`` readable images (sorted by name) of a folder or file list."""
-    from crdtool.data.images import BadImageError, list_images, load_image
+    from crdtool.data.images import iter_readable, list_images
 
     files = list_images(source) if isinstance(source, (str, Path)) else [Path(p) for p in source]
-    count = 0
-    for p in files:
-        if n is not None and count >= n:
-            return
-        try:
-            img = load_image(p)
-        except BadImageError:
-            continue
-        count += 1
+    for _, img in iter_readable(files, n):
         yield torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
