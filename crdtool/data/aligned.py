@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
-
-from crdtool.data.images import FallbackImages, list_images
-from crdtool.data.transforms import check_direction, check_sizes, pair_transform, resolve_key, sample_rng
-from crdtool.errors import CrdError
+from crdtool.data.base import LayoutDataset
+from crdtool.data.transforms import pair_transform, resolve_key, sample_rng
 
 LAYOUT = "an aligned dataset needs root/train and root/val (or root/test) of side-by-side A|B images (pix2pix layout)"
 
 
-class AlignedDataset(Dataset):
+class AlignedDataset(LayoutDataset):
     """Item i -> dict(A, B, A_path, B_path) with A the left half (BtoA: the right half).
 
     Both halves share one crop/flip draw (seeded by (seed, epoch, i)), so they stay registered.
@@ -23,24 +20,9 @@ class AlignedDataset(Dataset):
 
     def __init__(self, root: str | Path, phase: str = "train", load_size: int = 286, crop_size: int = 256,
                  train: bool = True, seed: int = 0, direction: str = "AtoB", max_size: int | None = None):
-        check_sizes(load_size, crop_size)
-        check_direction(direction)
-        if max_size is not None and max_size < 1:
-            raise CrdError(f"max_size must be >= 1, got {max_size}")
-        self.root = Path(root)
-        self.phase, self.load_size, self.crop_size = phase, load_size, crop_size
-        self.train, self.seed, self.direction = train, seed, direction
-        self.epoch = 0
-        self.bad_files: list[str] = []
+        super().__init__(root, phase, load_size, crop_size, train, seed, direction, max_size)
         self.dir_AB = self.root / phase
-        if not self.dir_AB.is_dir():
-            raise CrdError(f"dataset folder not found: {self.dir_AB}; {LAYOUT}")
-        files = list_images(self.dir_AB)
-        self.files = FallbackImages(files[:max_size] if max_size is not None else files, self.dir_AB,
-                                    self.bad_files)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.files = self._images(self.dir_AB, LAYOUT)
 
     def __len__(self) -> int:
         return len(self.files)

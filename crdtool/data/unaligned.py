@@ -5,24 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
-
-from crdtool.data.images import FallbackImages, list_images
-from crdtool.data.transforms import (check_direction, check_sizes, eval_transform, resolve_key, sample_rng,
-                                     train_transform)
-from crdtool.errors import CrdError
+from crdtool.data.base import LayoutDataset
+from crdtool.data.transforms import eval_transform, resolve_key, sample_rng, train_transform
 
 LAYOUT = "an unaligned dataset needs root/trainA, root/trainB, root/testA, root/testB (CycleGAN layout)"
 
 
-def _domain_files(folder: Path, max_size: int | None) -> list[Path]:
-    if not folder.is_dir():
-        raise CrdError(f"dataset folder not found: {folder}; {LAYOUT}")
-    files = list_images(folder)
-    return files[:max_size] if max_size is not None else files
-
-
-class UnalignedDataset(Dataset):
+class UnalignedDataset(LayoutDataset):
     """Item i -> dict(A, B, A_path, B_path); A is the input domain (BtoA swaps the folders).
 
     Length is max(len A, len B) like the reference; A cycles with i, B is drawn at random in training
@@ -33,22 +22,11 @@ class UnalignedDataset(Dataset):
 
     def __init__(self, root: str | Path, phase: str = "train", load_size: int = 286, crop_size: int = 256,
                  train: bool = True, seed: int = 0, direction: str = "AtoB", max_size: int | None = None):
-        check_sizes(load_size, crop_size)
-        check_direction(direction)
-        if max_size is not None and max_size < 1:
-            raise CrdError(f"max_size must be >= 1, got {max_size}")
-        self.root = Path(root)
-        self.phase, self.load_size, self.crop_size = phase, load_size, crop_size
-        self.train, self.seed, self.direction = train, seed, direction
-        self.epoch = 0
-        self.bad_files: list[str] = []
+        super().__init__(root, phase, load_size, crop_size, train, seed, direction, max_size)
         src, dst = ("A", "B") if direction == "AtoB" else ("B", "A")
         self.dir_A, self.dir_B = self.root / f"{phase}{src}", self.root / f"{phase}{dst}"
-        self.files_A = FallbackImages(_domain_files(self.dir_A, max_size), self.dir_A, self.bad_files)
-        self.files_B = FallbackImages(_domain_files(self.dir_B, max_size), self.dir_B, self.bad_files)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.files_A = self._images(self.dir_A, LAYOUT)
+        self.files_B = self._images(self.dir_B, LAYOUT)
 
     def __len__(self) -> int:
         return max(len(self.files_A), len(self.files_B))

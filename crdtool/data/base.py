@@ -1,0 +1,35 @@
+"""What the unaligned and aligned datasets share: validated settings, the epoch, bad-file bookkeeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from crdtool.data.images import FallbackImages, list_images
+from crdtool.data.transforms import check_direction, check_sizes
+from crdtool.errors import CrdError
+
+
+class LayoutDataset(Dataset):
+    def __init__(self, root: str | Path, phase: str, load_size: int, crop_size: int, train: bool, seed: int,
+                 direction: str, max_size: int | None):
+        check_sizes(load_size, crop_size)
+        check_direction(direction)
+        if max_size is not None and max_size < 1:
+            raise CrdError(f"max_size must be >= 1, got {max_size}")
+        self.root = Path(root)
+        self.phase, self.load_size, self.crop_size = phase, load_size, crop_size
+        self.train, self.seed, self.direction, self.max_size = train, seed, direction, max_size
+        self.epoch = 0
+        self.bad_files: list[str] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _images(self, folder: Path, layout: str) -> FallbackImages:
+        """The folder's images (the first ``max_size``), read with the shared bad-file policy."""
+        if not folder.is_dir():
+            raise CrdError(f"dataset folder not found: {folder}; {layout}")
+        files = list_images(folder)
+        return FallbackImages(files[:self.max_size] if self.max_size is not None else files, folder, self.bad_files)
