@@ -6,7 +6,9 @@ mobile_resnet ngf16 forward/backward with CRD + VGG style/feature + the frozen o
              bookkeeping off only via no_grad, no channels_last, no autocast (as the public code runs);
   crdtool:   ``Distiller.student_step`` with the recipe's runtime (bf16 autocast + channels_last +
              fused Adam on CUDA; fp32 on CPU), Gram-matrix CRD, teacher under inference_mode.
-The VGG weights are random (their values do not change the cost). Writes
+The VGG weights are random (their values do not change the cost). For the main size it also times
+crdtool's step under each runtime the platform offers (fp32/bf16 x channels_last) and splits the
+reference step (teacher forward, literal CRD) to give the Amdahl bound of a faster CRD alone. Writes
 benchmarks/results/distill_step-<device>.json.
 
     python benchmarks/distill_step.py                 # CPU: 64x64 (target >= 5x), plus 256x256 for context
@@ -110,6 +112,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--no-variants", dest="variants", action="store_false",
+                    help="skip the per-runtime variants and the reference breakdown")
     args = ap.parse_args()
     os.environ["CRDTOOL_QUIET"] = "1"
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -117,7 +121,7 @@ def main() -> None:
     sizes = [args.size] if args.size else ([256] if dev.type == "cuda" else [64, 256])
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     load_start = os.getloadavg()
-    rows = [measure(size, dev, args, sync) for size in sizes]
+    rows = [measure(size, dev, args, sync, detail=args.variants and i == 0) for i, size in enumerate(sizes)]
     target = 3.0 if dev.type == "cuda" else 5.0
     name = device_name(dev)
     main_row = rows[0]
@@ -126,6 +130,7 @@ def main() -> None:
         "command": "python benchmarks/distill_step.py" + (f" --size {args.size}" if args.size else ""),
         "device": name, "device_type": dev.type,
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "cpu_isa": cpu_isa() if dev.type == "cpu" else None,
         "torch": torch.__version__, "batch": 1,
         "results": rows,
         "target": f">= {target}x at {main_row['size']}x{main_row['size']}",
@@ -140,7 +145,85 @@ def main() -> None:
     print(json.dumps(doc, indent=2))
 
 
-def measure(size: int, dev: torch.device, args, sync) -> dict:
+def cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo")
+    return set(info.read_text().split()) if info.exists() else set()
+
+
+def cpu_isa() -> list[str]:
+    """The vector extensions that decide CPU conv speed (the same model name can hide different hosts)."""
+    return sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 autocast only pays on CPUs with bf16 dot-product units; elsewhere oneDNN emulates it (~50x slower)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def set_layout(d, channels_last: bool) -> None:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for m in (d.student, d.G_A, d.D_A, d.perceptual.vgg):
+        m.to(memory_format=fmt)
+
+
+def variants(d, batch, dev: torch.device, args, steps: int, sync) -> dict:
+    """crdtool's step under each runtime choice the platform offers (the default is the recipe's)."""
+    from crdtool.runtime import Runtime
+
+    default = d.rt
+    choices = {"fp32": ("fp32", False), "fp32+channels_last": ("fp32", True),
+               "bf16": ("bf16", False), "bf16+channels_last": ("bf16", True)}
+    out = {}
+    for name, (prec, cl) in choices.items():
+        if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
+            out[name] = "skipped: this CPU has no native bf16 (avx512_bf16/amx_bf16); emulated bf16 measured ~50x slower"
+            continue
+        d.rt = Runtime.create(dev.type, prec, cl)
+        set_layout(d, cl)
+        out[name] = round(timed(lambda b: d.student_step(b), [batch], args.warmup, steps, sync), 3)
+    d.rt = default
+    set_layout(d, default.channels_last)
+    return out
+
+
+def breakdown(d, ref, x: torch.Tensor, reps: int, sync) -> dict:
+    """Where the reference step's time goes, and the speedup bound that implies (Amdahl).
+
+    If everything but the CRD ran at the reference's speed, the best possible speedup from a faster
+    CRD alone is ref_step / (ref_step - literal_crd + crdtool_crd).
+    """
+    from crdtool.losses.relational import crd_literal
+
+    r = d.r.loss
+
+    def ms(fn) -> float:
+        fn()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / reps * 1000
+
+    with torch.no_grad():
+        t = d.G_A(x)
+    s = d.student(x).detach().requires_grad_(True)
+
+    def crd(loss_fn):
+        return lambda: loss_fn(s, t).backward()
+
+    out = {"reference_step_ms": ms(lambda: ref(x))}
+    with torch.no_grad():
+        out["teacher_forward_ms"] = ms(lambda: d.G_A(x))
+    out["literal_crd_fwd_bwd_ms"] = ms(crd(lambda a, b: crd_literal(a, b, patch_size=r.patch_size)))
+    out["crdtool_crd_fwd_bwd_ms"] = ms(crd(d.crd))
+    rest = out["reference_step_ms"] - out["literal_crd_fwd_bwd_ms"]
+    out["literal_crd_share_of_reference"] = round(out["literal_crd_fwd_bwd_ms"] / out["reference_step_ms"], 3)
+    out["speedup_bound_from_crd_alone"] = round(out["reference_step_ms"] / (rest + out["crdtool_crd_fwd_bwd_ms"]), 2)
+    return {k: round(v, 1) if k.endswith("_ms") else v for k, v in out.items()}
+
+
+def measure(size: int, dev: torch.device, args, sync, detail: bool) -> dict:
     from crdtool.losses.perceptual import VGG16Features
 
     steps = args.steps or (50 if dev.type == "cuda" else (10 if size <= 64 else 3))
@@ -151,16 +234,21 @@ def measure(size: int, dev: torch.device, args, sync) -> dict:
         d = make_distiller(size, str(dev), tmp, tmp / "vgg.pth")
         batch = next(iter(d._batches("student", 0, 0)))
         results = {"crdtool": timed(lambda b: d.student_step(b), [batch], args.warmup, steps, sync)}
+        runtime = d.rt.describe()
+        options = variants(d, batch, dev, args, max(2, steps // 2), sync) if detail else None
         # reference: same models, fp32 contiguous, a plain Adam, the literal CRD
-        for m in (d.student, d.G_A, d.D_A, d.perceptual.vgg):
-            m.to(memory_format=torch.contiguous_format)
+        set_layout(d, False)
         opt = torch.optim.Adam(d.student.parameters(), lr=2e-4, betas=(0.5, 0.999))
         ref = reference_step_fn(d, opt)
-        results["reference"] = timed(ref, [batch["A"].to(dev)], 1, max(2, steps // (3 if dev.type == "cpu" else 1)),
-                                     sync)
-        runtime = d.rt.describe()
-    return {"size": size, "runtime": runtime, "student_steps_per_s": {k: round(v, 3) for k, v in results.items()},
-            "speedup": round(results["crdtool"] / results["reference"], 2)}
+        x = batch["A"].to(dev)
+        results["reference"] = timed(ref, [x], 1, max(2, steps // (3 if dev.type == "cpu" else 1)), sync)
+        parts = breakdown(d, ref, x, max(2, steps // 3), sync) if detail else None
+    row = {"size": size, "runtime": runtime, "student_steps_per_s": {k: round(v, 3) for k, v in results.items()},
+           "speedup": round(results["crdtool"] / results["reference"], 2)}
+    if detail:
+        row["crdtool_steps_per_s_by_runtime"] = options
+        row["reference_breakdown"] = parts
+    return row
 
 
 if __name__ == "__main__":
