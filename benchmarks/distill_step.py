@@ -197,13 +197,7 @@ def breakdown(d, ref, x: torch.Tensor, reps: int, sync) -> dict:
     r = d.r.loss
 
     def ms(fn) -> float:
-        fn()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        return (time.perf_counter() - t0) / reps * 1000
+        return 1000 / timed(lambda _: fn(), [None], 1, reps, sync)
 
     with torch.no_grad():
         t = d.G_A(x)
