@@ -7,9 +7,10 @@ mobile_resnet ngf16 forward/backward with CRD + VGG style/feature + the frozen o
   crdtool:   ``Distiller.student_step`` with the recipe's runtime (bf16 autocast + channels_last +
              fused Adam on CUDA; fp32 on CPU), Gram-matrix CRD, teacher under inference_mode.
 The VGG weights are random (their values do not change the cost). For the main size it also times
-crdtool's step under each runtime the platform offers (fp32/bf16 x channels_last) and splits the
-reference step (teacher forward, literal CRD) to give the Amdahl bound of a faster CRD alone. Writes
-benchmarks/results/distill_step-<device>.json.
+crdtool's step under each runtime the platform offers (fp32/bf16 x channels_last, and the recipe's
+``train.compile``), splits the reference step (teacher forward, literal CRD) to give the Amdahl bound
+of a faster CRD alone, and counts the step's FLOPs against the device's measured matmul rate to give
+the bound of any loop doing the same work (a roofline). Writes benchmarks/results/distill_step-<device>.json.
 
     python benchmarks/distill_step.py                 # CPU: 64x64 (target >= 5x), plus 256x256 for context
     python benchmarks/distill_step.py                 # GPU: 256x256 (target >= 3x)
@@ -18,6 +19,7 @@ benchmarks/results/distill_step-<device>.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,12 +63,24 @@ def make_distiller(size: int, device: str, tmp: Path, vgg_path: Path):
     return Distiller(recipe)
 
 
-def reference_step_fn(d, opt):
+def reference_models(d) -> dict:
+    """The reference's own copies of the distiller's models: fp32, contiguous layout, a plain Adam.
+
+    Copies, so that crdtool's runtime (e.g. channels_last on CUDA) and the reference's plain layout
+    can be timed in alternation without converting models back and forth.
+    """
+    m = {name: copy.deepcopy(mod).float().to(memory_format=torch.contiguous_format)
+         for name, mod in (("teacher", d.G_A), ("student", d.student), ("D", d.D_A), ("vgg", d.perceptual.vgg))}
+    m["opt"] = torch.optim.Adam(m["student"].parameters(), lr=2e-4, betas=(0.5, 0.999))
+    return m
+
+
+def reference_step_fn(d, m: dict):
     """The public code's student step: fp32, literal CRD, separate VGG passes, no layout tricks."""
     from crdtool.losses.relational import crd_literal
 
     r = d.r.loss
-    teacher, student, D, vgg = d.G_A, d.student, d.D_A, d.perceptual.vgg
+    teacher, student, D, vgg, opt = m["teacher"], m["student"], m["D"], m["vgg"], m["opt"]
 
     def gram(f):
         n, c, h, w = f.shape
@@ -109,11 +124,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=None, help="image side (default: 64 on CPU, 256 on CUDA)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="steps per timed round (default: 4 CPU at 64 px, 1 at 256, 20 GPU)")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default: 7 CPU at 64 px, 3 at 256, 5 GPU)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--no-variants", dest="variants", action="store_false",
-                    help="skip the per-runtime variants and the reference breakdown")
+                    help="skip the per-runtime variants, the reference breakdown and the roofline")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="skip the torch.compile variant (compiling takes ~1.5 min on 2 CPU cores with a cold inductor cache)")
     args = ap.parse_args()
     os.environ["CRDTOOL_QUIET"] = "1"
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -166,27 +184,86 @@ def set_layout(d, channels_last: bool) -> None:
         m.to(memory_format=fmt)
 
 
-def variants(d, batch, dev: torch.device, args, steps: int, sync) -> dict:
-    """crdtool's step under each runtime choice the platform offers (the default is the recipe's)."""
+def runtime_name(rt) -> str:
+    prec = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[rt.autocast_dtype]
+    return prec + ("+channels_last" if rt.channels_last else "")
+
+
+def variants(d, batch, dev: torch.device, args, rounds: int, steps: int, sync) -> dict:
+    """crdtool's step under each runtime choice the platform offers, taking turns round by round.
+
+    Reports each choice's median steps/s and its median per-round ratio to the recipe's default
+    runtime (``vs_default``): a choice is worth turning on only where that ratio is clearly above 1.
+    """
+    from statistics import median
+
     from crdtool.runtime import Runtime
 
-    default = d.rt
+    default, eager = d.rt, d.fwd["student"]
     choices = {"fp32": ("fp32", False), "fp32+channels_last": ("fp32", True),
                "bf16": ("bf16", False), "bf16+channels_last": ("bf16", True)}
-    out = {}
+    out: dict[str, Any] = {"default": runtime_name(default)}
+    setups: dict[str, Callable[[], None]] = {}
+
+    def use(rt, student_fwd) -> None:
+        d.rt = rt
+        set_layout(d, rt.channels_last)
+        d.fwd["student"] = student_fwd
+
     for name, (prec, cl) in choices.items():
         if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
             out[name] = "skipped: this CPU has no native bf16 (avx512_bf16/amx_bf16); emulated bf16 measured ~50x slower"
             continue
-        d.rt = Runtime.create(dev.type, prec, cl)
-        set_layout(d, cl)
-        out[name] = round(timed(lambda b: d.student_step(b), [batch], args.warmup, steps, sync), 3)
-    d.rt = default
-    set_layout(d, default.channels_last)
+        setups[name] = lambda rt=Runtime.create(dev.type, prec, cl): use(rt, eager)
+    if args.compile:  # what train.compile = true does (Distiller._build): compile the student's forward
+        compiled = torch.compile(d.student)
+        setups[runtime_name(default) + "+compile"] = lambda: use(default, compiled)
+        use(default, compiled)
+        t0 = time.perf_counter()
+        d.student_step(batch)
+        sync()
+        out["compile_first_step_seconds"] = round(time.perf_counter() - t0, 1)
+    rates: dict[str, list[float]] = {k: [] for k in setups}
+    for _ in range(rounds):
+        for name, setup in setups.items():
+            setup()
+            rates[name].append(timed(lambda b: d.student_step(b), [batch], 1, steps, sync))
+    use(default, eager)
+    base = rates.get(runtime_name(default))
+    for name, r in rates.items():
+        out[name] = {"steps_per_s": round(median(r), 3)}
+        if base is not None:
+            out[name]["vs_default"] = round(median(a / b for a, b in zip(r, base)), 2)
     return out
 
 
-def breakdown(d, ref, x: torch.Tensor, reps: int, sync) -> dict:
+def peak_matmul_gflops(dev: torch.device, dtype: torch.dtype, sync, n: int = 2048) -> float:
+    """The device's best dense matmul rate in ``dtype``: no convolution loop runs faster than this."""
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
+    return 2 * n ** 3 / 1e9 * timed(lambda _: a @ b, [None], 3, 10 if dev.type == "cpu" else 100, sync)
+
+
+def roofline(d, batch, dev: torch.device, reference_ms: float, sync) -> dict:
+    """FLOPs of one crdtool step (forward + backward, torch's FlopCounterMode) against the peak matmul rate.
+
+    ``speedup_bound_at_peak`` = reference step time / (step FLOPs / peak rate): the most any loop that
+    does this step's work could gain over the reference on this device, at the runtime's precision.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        d.student_step(batch)
+    gflop = counter.get_total_flops() / 1e9
+    dtype = d.rt.autocast_dtype or torch.float32
+    peak = peak_matmul_gflops(dev, dtype, sync)
+    floor_ms = 1000 * gflop / peak
+    return {"step_gflop": round(gflop, 2), "peak_matmul_gflops": round(peak, 1),
+            "peak_dtype": str(dtype).removeprefix("torch."), "step_ms_at_peak": round(floor_ms, 1),
+            "speedup_bound_at_peak": round(reference_ms / floor_ms, 2)}
+
+
+def breakdown(d, m: dict, ref, x: torch.Tensor, reps: int, sync) -> dict:
     """Where the reference step's time goes, and the speedup bound that implies (Amdahl).
 
     If everything but the CRD ran at the reference's speed, the best possible speedup from a faster
@@ -200,15 +277,15 @@ def breakdown(d, ref, x: torch.Tensor, reps: int, sync) -> dict:
         return 1000 / timed(lambda _: fn(), [None], 1, reps, sync)
 
     with torch.no_grad():
-        t = d.G_A(x)
-    s = d.student(x).detach().requires_grad_(True)
+        t = m["teacher"](x)
+    s = m["student"](x).detach().requires_grad_(True)
 
     def crd(loss_fn):
         return lambda: loss_fn(s, t).backward()
 
     out = {"reference_step_ms": ms(lambda: ref(x))}
     with torch.no_grad():
-        out["teacher_forward_ms"] = ms(lambda: d.G_A(x))
+        out["teacher_forward_ms"] = ms(lambda: m["teacher"](x))
     out["literal_crd_fwd_bwd_ms"] = ms(crd(lambda a, b: crd_literal(a, b, patch_size=r.patch_size)))
     out["crdtool_crd_fwd_bwd_ms"] = ms(crd(d.crd))
     rest = out["reference_step_ms"] - out["literal_crd_fwd_bwd_ms"]
@@ -217,31 +294,54 @@ def breakdown(d, ref, x: torch.Tensor, reps: int, sync) -> dict:
     return {k: round(v, 1) if k.endswith("_ms") else v for k, v in out.items()}
 
 
+def alternated(fns: dict, inputs: dict, rounds: int, steps: int, sync) -> dict[str, list[float]]:
+    """Steps/s of each function per round, the functions taking turns within every round.
+
+    Alternating puts slow drifts of the machine (clock, other load) on both sides alike; the medians
+    over rounds, and the spread of the per-round ratio, then say how much a number can be trusted.
+    """
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            rates[k].append(timed(fn, [inputs[k]], 0, steps, sync))
+    return rates
+
+
 def measure(size: int, dev: torch.device, args, sync, detail: bool) -> dict:
+    from statistics import median
+
     from crdtool.losses.perceptual import VGG16Features
 
-    steps = args.steps or (50 if dev.type == "cuda" else (10 if size <= 64 else 3))
+    cpu = dev.type == "cpu"
+    steps = args.steps or (20 if not cpu else (4 if size <= 64 else 1))
+    rounds = args.rounds or (5 if not cpu else (7 if size <= 64 else 3))
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         torch.manual_seed(0)
         torch.save(VGG16Features().state_dict(), tmp / "vgg.pth")
         d = make_distiller(size, str(dev), tmp, tmp / "vgg.pth")
         batch = next(iter(d._batches("student", 0, 0)))
-        results = {"crdtool": timed(lambda b: d.student_step(b), [batch], args.warmup, steps, sync)}
         runtime = d.rt.describe()
-        options = variants(d, batch, dev, args, max(2, steps // 2), sync) if detail else None
-        # reference: same models, fp32 contiguous, a plain Adam, the literal CRD
-        set_layout(d, False)
-        opt = torch.optim.Adam(d.student.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        ref = reference_step_fn(d, opt)
+        m = reference_models(d)  # same weights, fp32 contiguous, plain Adam; the literal CRD
+        ref = reference_step_fn(d, m)
         x = batch["A"].to(dev)
-        results["reference"] = timed(ref, [x], 1, max(2, steps // (3 if dev.type == "cpu" else 1)), sync)
-        parts = breakdown(d, ref, x, max(2, steps // 3), sync) if detail else None
-    row = {"size": size, "runtime": runtime, "student_steps_per_s": {k: round(v, 3) for k, v in results.items()},
-           "speedup": round(results["crdtool"] / results["reference"], 2)}
+        fns = {"crdtool": lambda b: d.student_step(b), "reference": ref}
+        inputs = {"crdtool": batch, "reference": x}
+        for k in fns:  # warm-up (allocator, oneDNN/cuDNN algorithm choice)
+            timed(fns[k], [inputs[k]], args.warmup, 1, sync)
+        rates = alternated(fns, inputs, rounds, steps, sync)
+        options = variants(d, batch, dev, args, max(3, rounds // 2), steps, sync) if detail else None
+        parts = breakdown(d, m, ref, x, max(2, steps), sync) if detail else None
+        bound = roofline(d, batch, dev, 1000 / median(rates["reference"]), sync) if detail else None
+    ratios = sorted(a / b for a, b in zip(rates["crdtool"], rates["reference"]))
+    row = {"size": size, "runtime": runtime, "rounds": rounds, "steps_per_round": steps,
+           "student_steps_per_s": {k: round(median(v), 3) for k, v in rates.items()},
+           "speedup": round(median(ratios), 2),
+           "speedup_per_round_min_max": [round(ratios[0], 2), round(ratios[-1], 2)]}
     if detail:
         row["crdtool_steps_per_s_by_runtime"] = options
         row["reference_breakdown"] = parts
+        row["roofline"] = bound
     return row
 
 

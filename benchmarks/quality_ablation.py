@@ -190,7 +190,7 @@ def teacher_recipe(s: Settings, dataset: str):
 
     r = load_recipe(base_recipe_path(s, dataset), {**_common(s, dataset), "seed": 0})
     total = r.train.teacher_epochs + r.train.teacher_epochs_decay
-    key = {"teacher": r.teacher.spec().to_dict(), "disc": r.discriminator.model_dump(mode="json"),
+    key = {"teacher": r.teacher.spec().to_dict(), "disc": r.discriminator.model_dump(mode="json", exclude={"checkpoint"}),
            "data": r.data.model_dump(mode="json", exclude={"eval_images", "num_workers"}),
            "loss": [r.loss.lambda_cycle, r.loss.lambda_identity],
            "train": [r.train.teacher_epochs, r.train.teacher_epochs_decay, r.train.lr, r.train.pool_size],
@@ -201,7 +201,7 @@ def teacher_recipe(s: Settings, dataset: str):
         "train.round_epochs": max(1, total), "train.student_epochs_per_round": 0, "train.teacher_select": "last"})
 
 
-def arm_recipe(s: Settings, dataset: str, arm: str, seed: int, teacher_ckpt: Path):
+def arm_recipe(s: Settings, dataset: str, arm: str, seed: int, teacher_dir: Path):
     from crdtool.recipe import load_recipe
 
     base = load_recipe(base_recipe_path(s, dataset), _common(s, dataset))
@@ -216,26 +216,16 @@ def arm_recipe(s: Settings, dataset: str, arm: str, seed: int, teacher_ckpt: Pat
                    "train.teacher_select": "last"})
     else:
         ov.update(ARMS[arm][1])
-        ov["teacher.checkpoint"] = str(teacher_ckpt)
+        ov["teacher.checkpoint"] = str(teacher_dir / "teacher.safetensors")
+        if s.d_init == "teacher":  # start D_A from the teacher run's trained one, as in the paper
+            ov["discriminator.checkpoint"] = str(teacher_dir)
     return load_recipe(base_recipe_path(s, dataset), ov)
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _init_discriminator(dist, teacher_dir: Path) -> bool:
-    """Start the student run's D_A from the cached teacher run's trained D_A (its last checkpoint)."""
-    from crdtool.train import state as ckpt
-
-    last = ckpt.latest_checkpoint(teacher_dir)
-    if dist.D_A is None or last is None:
-        return False
-    snap = ckpt.load_checkpoint(last)
-    ckpt.load_module_weights("D_A", dist.D_A, snap, last)
-    return True
-
-
-def train_run(recipe, tag: str, d_init_from: Path | None = None, log_every: int = LOG_EVERY) -> dict[str, Any]:
+def train_run(recipe, tag: str, log_every: int = LOG_EVERY) -> dict[str, Any]:
     """Train one recipe to the end (resuming a checkpointed partial run); ``trained.json`` marks it done."""
     from crdtool.train import state as ckpt
     from crdtool.train.loop import Distiller
@@ -258,9 +248,7 @@ def train_run(recipe, tag: str, d_init_from: Path | None = None, log_every: int 
 
     dist = Distiller(recipe, on_progress=on_progress)
     total[0] = dist.total_steps()
-    d_from_teacher = False
-    if d_init_from is not None and not resume:
-        d_from_teacher = _init_discriminator(dist, d_init_from)
+    d_from_teacher = dist.D_A is not None and recipe.discriminator.checkpoint is not None
     log(f"{tag}: {'resuming' if resume else 'training'} ({total[0]} steps)")
     res = dist.run(resume=resume)
     if res.interrupted:
@@ -355,27 +343,11 @@ def _count(folder: Path) -> int:
     return len(list_images(folder))
 
 
-def fid_exact(f1, f2) -> float:
-    """FID from the feature matrices: Tr sqrt(S1 S2) = sum of singular values of A B^T / sqrt((n1-1)(n2-1)).
-
-    A, B are the centred features. Exact, and with n << 2048 it needs no 2048x2048 sqrtm; kept next to
-    the library's sqrtm value as a numerical cross-check (and used alone in smoke tests, for speed).
-    """
-    import numpy as np
-
-    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-    a, b = f1 - f1.mean(0), f2 - f2.mean(0)
-    sv = np.linalg.svd(a @ b.T, compute_uv=False)
-    diff = f1.mean(0) - f2.mean(0)
-    n1, n2 = len(f1) - 1, len(f2) - 1
-    return float(diff @ diff + (a * a).sum() / n1 + (b * b).sum() / n2 - 2 * sv.sum() / math.sqrt(n1 * n2))
-
-
 def score(s: Settings, fake_feats, target) -> dict[str, float]:
     """FID (the library's sqrtm, pytorch-fid's protocol), the exact low-rank FID, and KID (mean, subset std)."""
     from crdtool.metrics import fid as F
 
-    exact = fid_exact(fake_feats, target.features)
+    exact = F.frechet_distance_from_features(fake_feats, target.features)
     fid = F.fid_from_stats(F.stats_from_features(fake_feats), target) if s.fid_sqrtm else exact
     kid, kid_std = F.kernel_inception_distance(fake_feats, target.features, num_subsets=s.kid_subsets,
                                                subset_size=s.kid_subset_size)
@@ -432,13 +404,12 @@ def task_teacher(s: Settings, dataset: str) -> dict[str, Any]:
 
 def task_arm(s: Settings, dataset: str, arm: str, seed: int, teacher_dir: Path) -> dict[str, Any]:
     tag = f"{dataset} {arm} s{seed}"
-    r = arm_recipe(s, dataset, arm, seed, teacher_dir / "teacher.safetensors")
+    r = arm_recipe(s, dataset, arm, seed, teacher_dir)
     run_dir = Path(r.run_dir)
     ev_path = run_dir / "eval.json"
     if ev_path.is_file():
         return _read_json(ev_path)
-    d_from = teacher_dir if (arm != "no_kd" and s.d_init == "teacher") else None
-    info = train_run(r, tag, d_init_from=d_from, log_every=s.log_every)
+    info = train_run(r, tag, log_every=s.log_every)
     gen = run_dir / ("teacher.safetensors" if arm == "no_kd" else "student.safetensors")
     ev = evaluate_generator(s, dataset, gen, teacher_dir / "teacher.safetensors", real_stats(s, dataset), ev_path,
                             {"dataset": dataset, "arm": arm, "seed": seed, "run_dir": str(run_dir), **info})

@@ -77,6 +77,10 @@ class DiscriminatorConfig(_Section):
     gan_mode: Literal["lsgan", "hinge"] = "lsgan"
     student: Literal["frozen", "updated", "none"] = Field(
         "frozen", description="online teacher D in student steps: frozen (paper), also updated, or not used")
+    checkpoint: Optional[Path] = Field(None, description=(
+        "start D from these weights instead of at random: a crdtool run folder (its last checkpoint's D_A), "
+        "a checkpoint folder, a .safetensors state dict or an official latest_net_D*.pth; e.g. the D trained "
+        "with a pretrained teacher"))
 
 
 class LossConfig(_Section):
@@ -123,6 +127,8 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
+    threads: Optional[int] = Field(None, ge=1, description=(
+        "CPU threads for PyTorch's intra-op pool (torch.set_num_threads); unset = PyTorch's default"))
 
 
 class Recipe(_Section):
@@ -161,6 +167,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
 
     recipe.data.root = fix(recipe.data.root)
     recipe.teacher.checkpoint = fix(recipe.teacher.checkpoint)
+    recipe.discriminator.checkpoint = fix(recipe.discriminator.checkpoint)
     recipe.loss.vgg_weights = fix(recipe.loss.vgg_weights)
     recipe.train.inception_weights = fix(recipe.train.inception_weights)
     for g in (recipe.teacher, recipe.student):

@@ -109,6 +109,45 @@ def test_existing_run_requires_resume_and_mismatch_is_reported(tmp_path):
         distill.run(changed, resume=True)
 
 
+def test_discriminator_starts_from_a_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from crdtool.train.state import latest_checkpoint, load_checkpoint
+
+    src = tiny_recipe(tmp_path / "src", train={"max_steps": 2})
+    distill.run(src)  # an online teacher run: its D_A is trained
+    trained = {k[len("D_A."):]: v for k, v in load_checkpoint(latest_checkpoint(src.run_dir)).weights.items()
+               if k.startswith("D_A.")}
+    data = tmp_path / "src" / "data"
+    plain, official = tmp_path / "d.safetensors", tmp_path / "latest_net_D_A.pth"
+    save_file(trained, str(plain))
+    torch.save({f"module.{k}": v for k, v in trained.items()}, official)  # DataParallel-style names
+    for source in (src.run_dir, latest_checkpoint(src.run_dir), plain, official):
+        r = tiny_recipe(tmp_path / "dst", data_root=data, discriminator={"ndf": 4, "checkpoint": str(source)})
+        assert same(trained, weights(Distiller(r).D_A)), source
+    r = tiny_recipe(tmp_path / "dst", data_root=data)
+    assert not same(trained, weights(Distiller(r).D_A))
+    # a D of another width: one line naming the first key that does not fit
+    wide = tiny_recipe(tmp_path / "dst", data_root=data, discriminator={"ndf": 8, "checkpoint": str(plain)})
+    with pytest.raises(CrdError, match=r"key 'model.0.weight' has shape \(4, 3, 4, 4\), expected \(8, 3, 4, 4\)") as e:
+        Distiller(wide)
+    assert "\n" not in str(e.value)
+    missing = tiny_recipe(tmp_path / "dst", data_root=data, discriminator={"ndf": 4, "checkpoint": "nope"})
+    with pytest.raises(CrdError, match="discriminator checkpoint not found"):
+        Distiller(missing)
+
+
+def test_train_threads_sets_the_intra_op_pool(tmp_path):
+    before = torch.get_num_threads()
+    r = tiny_recipe(tmp_path, train={"threads": 1})
+    distill.prepare_data(r)
+    try:
+        Distiller(r)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_missing_data_folder_is_one_line(tmp_path):
     r = tiny_recipe(tmp_path, data_root=tmp_path / "nowhere")
     r.data.synth = None

@@ -72,6 +72,19 @@ def test_frechet_identical_and_singular_statistics():
         F.frechet_distance(mu, s, mu[:4], s[:4, :4])
 
 
+def test_frechet_from_features_matches_sqrtm():
+    rng = np.random.default_rng(0)
+    for n1, n2, d in ((40, 30, 16), (12, 15, 64)):  # full-rank and rank-deficient covariances
+        f1 = rng.normal(size=(n1, d)) @ rng.normal(size=(d, d))
+        f2 = rng.normal(size=(n2, d)) * 2 + 1
+        want = F.fid_from_stats(F.stats_from_features(f1), F.stats_from_features(f2))
+        assert F.frechet_distance_from_features(f1, f2) == pytest.approx(want, rel=1e-4, abs=1e-3)
+        assert F.frechet_distance_from_features(f2, f1) == pytest.approx(want, rel=1e-4, abs=1e-3)
+        assert F.frechet_distance_from_features(f1, f1) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(CrdError, match="do not match"):
+        F.frechet_distance_from_features(f1, f2[:, :8])
+
+
 def _kid_brute_force(x: np.ndarray, y: np.ndarray) -> float:
     d, m = x.shape[1], len(x)
     k = lambda a, b: (a @ b / d + 1) ** 3  # noqa: E731

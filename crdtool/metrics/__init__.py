@@ -6,6 +6,7 @@ from crdtool.metrics.fid import (
     extract_features,
     fid_from_stats,
     frechet_distance,
+    frechet_distance_from_features,
     kernel_inception_distance,
     load_inception,
     load_stats,
@@ -13,4 +14,5 @@ from crdtool.metrics.fid import (
 )
 
 __all__ = ["FIDStats", "compute_stats", "extract_features", "fid_from_stats", "frechet_distance",
-           "kernel_inception_distance", "load_inception", "load_stats", "save_stats"]
+           "frechet_distance_from_features", "kernel_inception_distance", "load_inception", "load_stats",
+           "save_stats"]

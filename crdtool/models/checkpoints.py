@@ -1,4 +1,4 @@
-"""Generator weights on disk: crdtool's self-describing safetensors, and official ``.pth`` imports.
+"""Generator (and discriminator) weights on disk: crdtool's self-describing safetensors, and official ``.pth`` imports.
 
 A crdtool generator file is a safetensors file whose metadata carries ``format``, ``version`` and
 the ``GeneratorSpec`` as JSON, so the network can be rebuilt from the file alone.
@@ -151,3 +151,35 @@ def resolve_generator_path(path: str | Path) -> Path:
     if not path.is_file():
         raise CrdError(f"checkpoint not found: {path}")
     return path
+
+
+def load_discriminator_weights(model: nn.Module, path: str | Path, prefix: str = "D_A") -> Path:
+    """Load a discriminator's weights in place from a run folder, a checkpoint folder or a weights file.
+
+    A run folder means its latest checkpoint; in a checkpoint (``weights.safetensors``) the weights are
+    the ones under ``prefix`` ("D_A": the A->B teacher's D). A ``.safetensors`` file may hold them with
+    or without that prefix; any other file is read as an official ``latest_net_D*.pth`` state dict.
+    Returns the file read. A file that does not fit ``model`` is a one-line ``CrdError``.
+    """
+    from crdtool.train import state as ckpt
+
+    path = Path(path)
+    source = path
+    if path.is_dir():
+        folder = ckpt.latest_checkpoint(path) or path
+        source = folder / "weights.safetensors"
+        if not source.is_file():
+            raise CrdError(f"{path} is neither a crdtool run folder with a checkpoint nor a checkpoint folder")
+    elif not path.is_file():
+        raise CrdError(f"discriminator checkpoint not found: {path}")
+    if source.suffix == ".safetensors":
+        state, _ = read_safetensors(source)
+        p = prefix + "."
+        if any(k.startswith(p) for k in state):
+            state = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+        elif path.is_dir():
+            raise CrdError(f"{source} holds no {prefix} weights (was that run's discriminator disabled?)")
+    else:
+        state = clean_official_state_dict(read_torch_state_dict(source), model)
+    load_state_strict(model, state, source)
+    return source

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir, write_bytes_atomic
 from crdtool.models import build_discriminator, build_generator, generator_stride
-from crdtool.models.checkpoints import load_generator, save_generator
+from crdtool.models.checkpoints import load_discriminator_weights, load_generator, save_generator
 from crdtool.recipe import Recipe
 from crdtool.runtime import Runtime
 from crdtool.train import state as ckpt
@@ -99,6 +99,8 @@ class Distiller:
                                             {"auto": "auto", "on": True, "off": False}[t.channels_last], t.compile)
         self.run_dir = Path(run_dir or recipe.run_dir)
         self.on_progress = on_progress or (lambda info: None)
+        if t.threads is not None:
+            torch.set_num_threads(t.threads)
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.is_main = self.rank == 0
@@ -152,6 +154,8 @@ class Distiller:
         uses_d = disc.student != "none" or not self.pretrained
         self.D_A = build_discriminator(d_in, disc.ndf, disc.n_layers, disc.norm) if uses_d else None
         self.D_B = build_discriminator(3, disc.ndf, disc.n_layers, disc.norm) if self.G_B is not None else None
+        if disc.checkpoint is not None and self.D_A is not None:  # a resumed run's checkpoint overrides this later
+            load_discriminator_weights(self.D_A, disc.checkpoint)
 
         for name in ("G_A", "G_B", "student", "D_A", "D_B"):
             m = getattr(self, name)
@@ -458,7 +462,9 @@ class Distiller:
     def fingerprint(self) -> dict[str, Any]:
         r = self.r
         return {"task": r.task, "teacher": r.teacher.spec().to_dict(), "student": r.student.spec().to_dict(),
-                "discriminator": r.discriminator.model_dump(mode="json"), "pretrained": self.pretrained,
+                # where D's initial weights came from does not matter once a checkpoint holds them
+                "discriminator": r.discriminator.model_dump(mode="json", exclude={"checkpoint"}),
+                "pretrained": self.pretrained,
                 "seed": r.seed, "batch_size": r.data.batch_size, "world_size": self.world}
 
     def snapshot(self) -> ckpt.Snapshot:
