@@ -145,10 +145,13 @@ def profile_document(result: ModelProfile | Comparison) -> dict[str, Any]:
 
 def _fvcore_nn():
     """fvcore.nn, imported quietly: its import scripts a few losses with the deprecated torch.jit.script."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import fvcore.nn
-        import fvcore.nn.jit_handles  # noqa: F401
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import fvcore.nn
+            import fvcore.nn.jit_handles  # noqa: F401
+    except ImportError as e:  # e.g. a GPU box with only the runtime packages: bench still times, without MACs
+        raise CrdError(f"counting MACs needs fvcore, which is not importable here ({e}); pip install fvcore") from None
     return fvcore.nn
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import sys
 import types
 from pathlib import Path
 
@@ -188,6 +189,20 @@ def test_isolated_worker_and_temp_export(models, student_onnx, monkeypatch):
     assert exports == [(str(s), 1, SIZE)]
     assert all(r.ok for r in ort), ort[0].error
     assert ort[0].kind == "torch" and ort[0].backend == "ort-cpu" and ort[0].fidelity["max_abs"] < 1e-4
+
+
+def test_bench_without_fvcore_times_and_leaves_macs_unknown(models, monkeypatch):
+    # a GPU or edge box with only the runtime packages: counting MACs is a one-line error, timing goes on
+    from crdtool.profile import profile_checkpoint
+
+    _, _, s = models
+    for name in ("fvcore", "fvcore.nn", "fvcore.nn.jit_handles"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(CrdError, match="counting MACs needs fvcore") as e:
+        profile_checkpoint(s, SIZE)
+    assert "\n" not in str(e.value)
+    r = L.bench_artifacts([s], ["torch-cpu"], isolate=False, size=SIZE, warmup="1", runs=2)[0]
+    assert r.ok and r.runs == 2 and r.macs is None and r.params is None
 
 
 def test_manifest_gives_macs_and_reference(models, student_onnx, tmp_path):

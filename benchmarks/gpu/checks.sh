@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every GPU measurement the issues ask for, in one prepared run (a GPU session has ~15 device minutes).
+#
+# Here, once:   bash benchmarks/gpu/fetch_wheels.sh          # pydantic & co. into .whl/ (git-ignored)
+# Device call:  run(command="bash benchmarks/gpu/checks.sh", carry=[".whl"], timeout_s=600)
+# Check here:   SMOKE=1 bash benchmarks/gpu/checks.sh         # same steps on the CPU, tiny sizes, /tmp output
+#
+# Writes benchmarks/results/{distill_step,crd_loss,latency}-<gpu>.* and copies them, with the log, to
+# $OUT when it is set (the device tool brings $OUT back). A failing step is logged and the next one runs.
+# Expected on an H200: distill_step ~4 min (incl. torch.compile), crd_loss ~1 min, latency ~2 min.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && [ -z "${SMOKE:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+if [ -n "${SMOKE:-}" ]; then
+  DEV=cpu RESULTS=${RESULTS:-/tmp/crdtool-gpu-smoke}
+  DISTILL=(--device cpu --size 32 --rounds 1 --steps 1 --warmup 1 --no-compile)
+  CRD=(--device cpu --repeats-fast 1 --repeats-literal 1)
+  BENCH=(-b torch-cpu --size 64 --runs 3 --warmup 1)
+else
+  DEV=cuda RESULTS=${RESULTS:-benchmarks/results}
+  DISTILL=(--device cuda)
+  CRD=(--device cuda)
+  BENCH=(-b torch-cuda -b torch-cuda:bf16 -b torch-cuda-graph:bf16 --size 256 --runs 300)
+fi
+mkdir -p "$RESULTS"
+NAME=$($PY - "$DEV" <<'EOF'
+import sys, torch
+dev = sys.argv[1]
+if dev == "cuda" and not torch.cuda.is_available():
+    sys.exit("no CUDA device visible to torch " + torch.__version__)
+name = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
+print("".join(c if c.isalnum() else "-" for c in name.lower()).strip("-"))
+EOF
+) || exit 1
+LOG="$RESULTS/gpu-checks-$NAME.log"
+: >"$LOG"
+say() { echo "$*" | tee -a "$LOG"; }
+step() {  # step NAME LIMIT_S CMD...: run with a time limit, log it, never stop the script
+  local name=$1 limit=$2; shift 2
+  say "== $name ($(date -u +%H:%M:%S)): $*"
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  say "== $name: rc $rc"
+}
+
+say "crdtool GPU checks, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), device $NAME"
+step env 60 $PY -c "import torch, onnxruntime, pydantic; print(torch.__version__, torch.version.cuda, onnxruntime.__version__, pydantic.__version__)"
+step distill_step 300 $PY benchmarks/distill_step.py "${DISTILL[@]}" --out "$RESULTS"
+step crd_loss 120 $PY benchmarks/crd_loss.py "${CRD[@]}" --out "$RESULTS/crd_loss-$NAME.json"
+step latency 180 $PY -m crdtool bench recipes/h2z.toml --compare "${BENCH[@]}" \
+  --json "$RESULTS/latency-$NAME.json" --md "$RESULTS/latency-$NAME.md"
+
+if [ -n "${OUT:-}" ]; then
+  cp "$LOG" "$RESULTS"/*-"$NAME".json "$RESULTS"/*-"$NAME".md "$OUT"/ 2>/dev/null
+  ls -l "$OUT"
+fi
