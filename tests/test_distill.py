@@ -148,6 +148,28 @@ def test_train_threads_sets_the_intra_op_pool(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_compiled_student_matches_eager(tmp_path):
+    # train.compile: the student's forward runs through torch.compile (inductor; ~1 min cold on 2 cores)
+    r = tiny_recipe(tmp_path, train={"compile": True})
+    distill.prepare_data(r)
+    compiled, eager = Distiller(r), Distiller(tiny_recipe(tmp_path / "e", data_root=tmp_path / "data"))
+    assert compiled.fwd["student"] is not compiled.student and eager.fwd["student"] is eager.student
+    batch = first_batch(compiled)
+    x = batch["A"]
+    with torch.no_grad():
+        t = eager.G_A(x)
+    for d in (compiled, eager):  # the same loss and gradients (Adam's first steps would amplify tiny differences)
+        d.student.zero_grad()
+        sum(d._student_terms(x, t)[1].values()).backward()
+    ga, gb = ({n: p.grad for n, p in d.student.named_parameters()} for d in (compiled, eager))
+    scale = max(float(g.abs().max()) for g in gb.values())  # biases before a norm have ~0 gradient: use one scale
+    assert max(float((ga[n] - gb[n]).abs().max()) for n in gb) < 1e-5 * scale
+    for _ in range(2):
+        a, b = compiled.student_step(batch), eager.student_step(batch)
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-3) for k in a)
+    assert not any("_orig_mod" in k for k in compiled.snapshot().weights), "checkpoints keep plain module keys"
+
+
 def test_missing_data_folder_is_one_line(tmp_path):
     r = tiny_recipe(tmp_path, data_root=tmp_path / "nowhere")
     r.data.synth = None

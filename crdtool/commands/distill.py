@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from crdtool.commands.common import console, parse_overrides, user_errors
-from crdtool.errors import CrdError
 
 
 def _progress_columns():
