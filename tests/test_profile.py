@@ -255,6 +255,16 @@ def test_model_option_human_output_with_top():
     assert _cli().exit_code == 1
 
 
+def test_piped_output_keeps_one_line_per_table_row(monkeypatch):
+    # no terminal (a pipe, a CI log): rich's 80-column default would fold the wide per-layer table
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = _cli("--model", "resnet", "--ngf", "64", "--size", "256", "--top", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any("model.19" in line and "ConvTranspose2d" in line and "4.832G" in line for line in lines), result.output
+    assert any("model.10.conv_block.1" in line and "2.416G" in line for line in lines), result.output
+
+
 def test_h2z_comparison_at_256(at256):
     comparison = compare(at256["resnet ngf64"], at256["mobile_resnet ngf16"], name="h2z")
     assert comparison.mac_ratio() == pytest.approx(40.35, abs=0.01)

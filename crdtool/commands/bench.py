@@ -21,6 +21,7 @@ from crdtool.bench.latency import BenchSpec, LatencyResult, bench_artifacts
 from crdtool.bench.quality import QualityResult
 from crdtool.bench.report import Speedup, bench_document, markdown_report, plot_latency_vs_macs, render_table, speedups
 from crdtool.bench.runners import artifact_kind, default_backend, parse_backend
+from crdtool.commands.common import make_console
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir, write_bytes_atomic, write_json_atomic
 
@@ -86,8 +87,8 @@ def bench(
 ) -> None:
     """Measure latency (median, p90, p99, min, img/s) per artifact and backend; optionally FID/KID."""
     to_stdout = json_out == "-"
-    console = Console(stderr=to_stdout)
-    err = Console(stderr=True)
+    console = make_console(stderr=to_stdout)
+    err = make_console(stderr=True)
     try:
         with tempfile.TemporaryDirectory(prefix="crdtool-bench-cli-") as tmp:
             doc = _bench(artifacts, backend, batch, size, warmup, runs, max_seconds, threads, images, host_io, compare,
@@ -202,7 +203,7 @@ def fid_stats(
 
     from crdtool.metrics.fid import compute_stats, load_inception, save_stats
 
-    console = Console()
+    console = make_console()
     try:
         if out.suffix != ".npz":
             raise CrdError(f"--out must end in .npz, got {out}")
@@ -213,7 +214,7 @@ def fid_stats(
             stats = compute_stats(folder, model, n=max_images, batch_size=batch_size, keep_features=features)
         save_stats(out, stats)
     except CrdError as e:
-        Console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
+        make_console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"wrote {out}: {stats.n} images, mu {stats.mu.shape}, sigma {stats.sigma.shape}"
                   + (", features kept (KID)" if stats.features is not None else ""), highlight=False)

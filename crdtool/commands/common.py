@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import tomllib
 from typing import Any, Callable
 
@@ -12,8 +13,20 @@ from rich.markup import escape
 
 from crdtool.errors import CrdError
 
-console = Console()
-err_console = Console(stderr=True)
+PIPED_WIDTH = 200
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console; piped or logged (no terminal, no $COLUMNS) it is wide enough that tables keep one
+    line per row instead of rich's 80-column default, which folds cells into vertical letter columns."""
+    c = Console(stderr=stderr)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c = Console(stderr=stderr, width=PIPED_WIDTH)
+    return c
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def fail(message: str) -> None:

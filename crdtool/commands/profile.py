@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from crdtool.commands.common import make_console
 from crdtool.errors import CrdError
 from crdtool.models.registry import GeneratorSpec
 from crdtool.profile import (
@@ -53,12 +54,12 @@ def profile(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (totals and all layers)."),
 ) -> None:
     """Show what compression buys: MACs (two conventions) and parameters, per model and per layer."""
-    console = Console()
+    console = make_console()
     try:
         check_convention(convention)
         result = _profile_target(target, model, ngf, n_blocks, num_downs, norm, size)
     except CrdError as e:
-        Console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
+        make_console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if json_out:
         print(json.dumps(profile_document(result), indent=2))
