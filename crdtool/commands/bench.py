@@ -21,7 +21,7 @@ from crdtool.bench.latency import BenchSpec, LatencyResult, bench_artifacts
 from crdtool.bench.quality import QualityResult
 from crdtool.bench.report import Speedup, bench_document, markdown_report, plot_latency_vs_macs, render_table, speedups
 from crdtool.bench.runners import artifact_kind, default_backend, parse_backend
-from crdtool.commands.common import make_console
+from crdtool.commands.common import fail, make_console
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir, write_bytes_atomic, write_json_atomic
 
@@ -88,7 +88,6 @@ def bench(
     """Measure latency (median, p90, p99, min, img/s) per artifact and backend; optionally FID/KID."""
     to_stdout = json_out == "-"
     console = make_console(stderr=to_stdout)
-    err = make_console(stderr=True)
     try:
         with tempfile.TemporaryDirectory(prefix="crdtool-bench-cli-") as tmp:
             doc = _bench(artifacts, backend, batch, size, warmup, runs, max_seconds, threads, images, host_io, compare,
@@ -104,8 +103,7 @@ def bench(
             if plot:
                 plot_latency_vs_macs([LatencyResult.from_dict(r) for r in doc["results"]], plot)
     except CrdError as e:
-        err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        fail(str(e))
     if any(r.get("error") for r in doc["results"]):
         raise typer.Exit(1)
 
@@ -214,8 +212,7 @@ def fid_stats(
             stats = compute_stats(folder, model, n=max_images, batch_size=batch_size, keep_features=features)
         save_stats(out, stats)
     except CrdError as e:
-        make_console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        fail(str(e))
     console.print(f"wrote {out}: {stats.n} images, mu {stats.mu.shape}, sigma {stats.sigma.shape}"
                   + (", features kept (KID)" if stats.features is not None else ""), highlight=False)
 

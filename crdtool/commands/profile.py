@@ -14,7 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from crdtool.commands.common import make_console
+from crdtool.commands.common import fail, make_console
 from crdtool.errors import CrdError
 from crdtool.models.registry import GeneratorSpec
 from crdtool.profile import (
@@ -59,8 +59,7 @@ def profile(
         check_convention(convention)
         result = _profile_target(target, model, ngf, n_blocks, num_downs, norm, size)
     except CrdError as e:
-        make_console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        fail(str(e))
     if json_out:
         print(json.dumps(profile_document(result), indent=2))
         return

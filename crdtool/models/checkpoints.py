@@ -174,10 +174,10 @@ def load_discriminator_weights(model: nn.Module, path: str | Path, prefix: str =
         raise CrdError(f"discriminator checkpoint not found: {path}")
     if source.suffix == ".safetensors":
         state, _ = read_safetensors(source)
-        p = prefix + "."
-        if any(k.startswith(p) for k in state):
-            state = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
-        elif path.is_dir():
+        if any(k.startswith(prefix + ".") for k in state):  # a checkpoint's weights file, or one saved like it
+            ckpt.load_module_weights(prefix, model, ckpt.Snapshot(weights=state), source)
+            return source
+        if path.is_dir():
             raise CrdError(f"{source} holds no {prefix} weights (was that run's discriminator disabled?)")
     else:
         state = clean_official_state_dict(read_torch_state_dict(source), model)
