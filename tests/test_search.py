@@ -335,6 +335,45 @@ def test_run_search_end_to_end_and_resume(tmp_path):
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
 
 
+def _searcher(tmp_path):
+    from crdtool.search.search import Searcher, load_search_recipe
+
+    searcher = Searcher(load_search_recipe(write_recipe(tmp_path)))
+    searcher._setup()
+    return searcher
+
+
+def test_weight_steps_follow_agd_sandwich_rule(tmp_path, monkeypatch):
+    searcher = _searcher(tmp_path)
+    seen = []
+    forward = Supernet.forward
+
+    def spy(self, x, tau=1.0, onehots=None):
+        seen.append(None if onehots is None else [int(g.argmax()) for g in onehots])
+        return forward(self, x, tau, onehots)
+
+    monkeypatch.setattr(Supernet, "forward", spy)
+    choices = [len(c) for c in searcher.space.positions]
+    widest, narrowest = [k - 1 for k in choices], [0] * len(choices)
+    searcher._weight_step(pretrain=True)  # widest, narrowest, two random draws
+    assert len(seen) == 4 and seen[:2] == [widest, narrowest]
+    seen.clear()
+    searcher._weight_step(pretrain=False)  # the Gumbel sample, widest, narrowest
+    assert len(seen) == 3 and seen[1:] == [widest, narrowest]
+
+
+def test_sandwich_trains_the_widest_channels_even_when_the_logits_pick_the_narrowest(tmp_path):
+    searcher = _searcher(tmp_path)
+    with torch.no_grad():
+        for p in searcher.supernet.width_logits:
+            p.copy_(torch.tensor([50.0] + [-50.0] * (p.numel() - 1)))  # Gumbel samples: always narrowest
+    assert len(searcher.space.positions[2]) > 1
+    last_filter = searcher.supernet.stem[2].conv.weight[-1]  # used only by the widest width of stem 2
+    before = last_filter.detach().clone()
+    searcher._weight_step(pretrain=False)
+    assert not torch.equal(before, last_filter.detach())
+
+
 def test_search_rejects_impossible_budget_and_bad_recipe(tmp_path):
     from crdtool.search import run_search
 

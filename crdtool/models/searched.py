@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from crdtool.errors import CrdError
 from crdtool.fileio import write_bytes_atomic
 from crdtool.models.registry import GeneratorSpec, register_generator
-from crdtool.search.space import ARCH_FORMAT, ARCH_VERSION, OPS, head_layers, make_op, stem_layers
+from crdtool.models.searchable_ops import ARCH_FORMAT, ARCH_VERSION, OPS, head_layers, make_op, stem_layers
 
 Width = Field(gt=0, le=65536)
 PosInt = Annotated[int, Field(gt=0, le=65536)]

@@ -1,7 +1,7 @@
 """``crdtool search``: AutoGAN-Distiller style architecture search under a MAC budget.
 
 ``space`` (layers, widths, MAC lookup), ``supernet`` (mixed ops, Gumbel widths, budget controller) and
-``search`` (the loop). Kept import-light: ``crdtool.models.searched`` imports ``space`` at startup.
+``search`` (the loop). The layers are model code: ``crdtool.models.searchable_ops``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Objective (arch step): distillation loss to the teacher's output (L1 + VGG content + Gram style when a
 VGG-16 file is given; L1 + Gram of the raw outputs otherwise) + lambda * E[MACs] / budget_max.
-Weight steps use one half of the training images and the distillation loss only; architecture steps
-(first-order, Adam) use the other half. ``BudgetController`` halves lambda while the argmax network is
+Weight steps use one half of the training images and the distillation loss only, summed over AGD's
+sandwich draws (Gumbel sample + widest + narrowest; in pretraining widest + narrowest + two random
+draws, see ``Supernet.sandwich_widths``); architecture steps (first-order, Adam) use the other half. ``BudgetController`` halves lambda while the argmax network is
 under the window and doubles it above, checked every ``control_every`` steps.
 
 Budgets are MACs (literature convention, as ``crdtool profile`` reports) **at the recipe's
@@ -394,15 +395,24 @@ class Searcher:
             s = self.supernet(x, tau=self.cfg.search.tau)
         return self.loss_fn(s, t)
 
-    def _weight_step(self) -> dict[str, float]:
+    def _weight_step(self, pretrain: bool) -> dict[str, float]:
+        """One weight update on the sum of the sandwich draws' losses (AGD): each draw is backpropagated
+        on its own, so only one supernet graph is alive at a time; the gradients add up the same."""
         x = self.rt.tensor(self.w_stream.next())
         self.opt_w.zero_grad(set_to_none=True)
-        terms = self._distill(x)
-        loss = sum(terms.values())
-        self._check_finite(loss, "weight")
-        loss.backward()
+        with torch.no_grad(), self.rt.autocast():
+            t = self.teacher(x)
+        totals: dict[str, float] = {}
+        for widths in self.supernet.sandwich_widths(pretrain, self.cfg.search.tau):
+            with self.rt.autocast():
+                terms = self.loss_fn(self.supernet(x, onehots=widths), t)
+            loss = sum(terms.values())
+            self._check_finite(loss, "weight")
+            loss.backward()
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach())
         self.opt_w.step()
-        return {f"w_{k}": float(v.detach()) for k, v in terms.items()}
+        return {f"w_{k}": v for k, v in totals.items()}
 
     def _arch_step(self) -> dict[str, float]:
         x = self.rt.tensor(self.a_stream.next())
@@ -527,7 +537,7 @@ class Searcher:
         try:
             while self.step < self.total_steps:
                 phase = "pretrain" if self.step < s.pretrain_steps else "search"
-                terms = self._weight_step()
+                terms = self._weight_step(pretrain=phase == "pretrain")
                 if phase == "search":
                     terms.update(self._arch_step())
                 self.step += 1

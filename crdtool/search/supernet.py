@@ -4,6 +4,10 @@
 - Each searchable width (3 stem, one per cell, 2 head) is a one-hot sample from a hard straight-through
   Gumbel-softmax over its choices: the forward pass uses exactly one width (a channel mask keeping the
   first ``w`` channels of the widest layer), the backward pass gets the soft sample's gradient.
+- Weight steps follow AGD's sandwich rule (``sandwich_widths``): each step trains the Gumbel-sampled
+  widths plus the all-widest and all-narrowest networks; pretraining trains widest, narrowest and two
+  uniformly random width draws. The narrow and wide ends of the supernet are thus always trained, not
+  only the widths the logits currently favour.
 - Expected MACs are exact under the sampling distributions: positions are independent, so each layer's
   expected cost is ``q_in^T T q_out`` for its lookup table ``T`` (``space.py``'s MAC formulas).
 """
@@ -11,22 +15,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crdtool.search.space import (
-    SearchSpace,
-    arch_macs,
-    head_layers,
-    head_macs,
-    make_op,
-    op_macs,
-    stem_layers,
-    stem_macs,
-)
+from crdtool.models.searchable_ops import head_layers, make_op, stem_layers
+from crdtool.search.space import SearchSpace, arch_macs, head_macs, op_macs, stem_macs
 
 
 def gumbel_hard(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -76,8 +72,10 @@ class Supernet(nn.Module):
                                    for i in range(space.n_cells))
         head_ch = [max(c) for c in pos[3 + space.n_cells:]]
         self.head, self.final = head_layers(c_cell, head_ch, space.output_nc)
-        # architecture parameters: 1e-3 * N(0, 1) as in DARTS/AGD, so the distributions start uniform
-        # but the first argmax network is a random draw, not the all-narrowest tie-break
+        # architecture parameters: 1e-3 * N(0, 1). AGD starts from 1e-3 * ones; both give (near-)uniform
+        # distributions, but with equal logits every argmax is a tie broken towards index 0, so AGD's first
+        # derived network is the all-narrowest one with every cell's first candidate op. The tiny noise (deliberate)
+        # makes it a random draw instead, which the budget controller's first check then judges fairly.
         self.op_logits = nn.Parameter(1e-3 * torch.randn(space.n_cells, len(space.ops)))
         self.width_logits = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(c))) for c in pos)
         for i, c in enumerate(pos):
@@ -99,6 +97,30 @@ class Supernet(nn.Module):
         if hard_argmax:
             return [F.one_hot(p.argmax(), p.numel()).to(p.dtype) for p in self.width_logits]
         return [gumbel_hard(p, tau) for p in self.width_logits]
+
+    def fixed_widths(self, mode: Literal["max", "min", "random"]) -> list[torch.Tensor]:
+        """One-hots picking every position's widest, narrowest or a uniformly random width (torch RNG)."""
+        out = []
+        for p in self.width_logits:
+            k = p.numel()
+            idx = {"max": k - 1, "min": 0}.get(mode)
+            if idx is None:
+                idx = int(torch.randint(k, ()))
+            out.append(F.one_hot(torch.tensor(idx, device=p.device), k).to(p.dtype))
+        return out
+
+    def sandwich_widths(self, pretrain: bool, tau: float = 1.0) -> list[list[torch.Tensor]]:
+        """The width draws one weight step trains, as AGD's sandwich rule.
+
+        Search: the Gumbel sample, widest, narrowest. Pretraining (no architecture signal yet): widest,
+        narrowest and two random draws. A space with a single width everywhere trains its one network.
+        """
+        if all(p.numel() == 1 for p in self.width_logits):
+            return [self.fixed_widths("max")]
+        if pretrain:
+            return [self.fixed_widths("max"), self.fixed_widths("min"),
+                    self.fixed_widths("random"), self.fixed_widths("random")]
+        return [self.sample_widths(tau), self.fixed_widths("max"), self.fixed_widths("min")]
 
     def forward(self, x: torch.Tensor, tau: float = 1.0, onehots: list[torch.Tensor] | None = None) -> torch.Tensor:
         g = self.sample_widths(tau) if onehots is None else onehots
