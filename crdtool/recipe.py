@@ -19,11 +19,13 @@ from crdtool.models.registry import GeneratorSpec
 RECIPE_VERSION = 1
 
 
-class _Section(BaseModel):
+class RecipeSection(BaseModel):
+    """Base of every recipe table (distill and search): unknown keys are errors, assignments validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SynthConfig(_Section):
+class SynthConfig(RecipeSection):
     """If set, ``data.root`` is generated with ``crdtool data synth`` when it does not exist yet."""
 
     kind: Literal["unpaired", "paired"] = "unpaired"
@@ -32,7 +34,7 @@ class SynthConfig(_Section):
     seed: int = 0
 
 
-class DataConfig(_Section):
+class DataConfig(RecipeSection):
     root: Path
     layout: Literal["unaligned", "aligned"] = "unaligned"
     direction: Literal["AtoB", "BtoA"] = "AtoB"
@@ -50,7 +52,7 @@ class DataConfig(_Section):
         return self
 
 
-class GeneratorConfig(_Section):
+class GeneratorConfig(RecipeSection):
     """A generator family + width, or ``arch = "path/arch.json"`` for a searched network."""
 
     arch: str = "resnet"
@@ -70,7 +72,7 @@ class GeneratorConfig(_Section):
                              norm=self.norm, dropout=self.dropout).resolved()
 
 
-class DiscriminatorConfig(_Section):
+class DiscriminatorConfig(RecipeSection):
     ndf: int = Field(64, ge=1)
     n_layers: int = Field(3, ge=1)
     norm: Literal["instance", "batch", "none"] = "instance"
@@ -83,7 +85,7 @@ class DiscriminatorConfig(_Section):
         "with a pretrained teacher"))
 
 
-class LossConfig(_Section):
+class LossConfig(RecipeSection):
     kd: Literal["crd", "instance_rkd", "none"] = "crd"
     lambda_crd: float = Field(25.0, ge=0)
     rows: float = Field(1.0, ge=0)
@@ -104,7 +106,7 @@ class LossConfig(_Section):
     lambda_l1: float = Field(100.0, ge=0)
 
 
-class TrainConfig(_Section):
+class TrainConfig(RecipeSection):
     lr: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
@@ -131,7 +133,7 @@ class TrainConfig(_Section):
         "CPU threads for PyTorch's intra-op pool (torch.set_num_threads); unset = PyTorch's default"))
 
 
-class Recipe(_Section):
+class Recipe(RecipeSection):
     version: int = RECIPE_VERSION
     name: str
     task: Literal["cyclegan", "pix2pix"] = "cyclegan"
@@ -176,7 +178,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     return recipe
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """pydantic's first error as one line naming the file and the dotted key (shared by every recipe kind)."""
     e = err.errors()[0]
     loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
     if e["type"] == "extra_forbidden":
@@ -186,7 +189,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     else:
         given = e.get("input")
         shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
-        msg = f"bad value for '{loc}'{shown}: {e['msg']}"
+        msg = f"bad value for '{loc}'{shown}: {e['msg'].removeprefix('Value error, ')}"
     more = len(err.errors()) - 1
     return f"{source}: {msg}" + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else "")
 
@@ -195,7 +198,7 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | No
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise CrdError(_format_error(e, source)) from None
+        raise CrdError(format_validation_error(e, source)) from None
     recipe.source = Path(source) if source != "<recipe>" else None
     return _resolve_paths(recipe, base or Path.cwd())
 

@@ -4,16 +4,6 @@
 ``search`` (the loop). The layers are model code: ``crdtool.models.searchable_ops``.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from crdtool.search.search import SearchConfig, SearchResult, run_search
 
 __all__ = ["SearchConfig", "SearchResult", "run_search"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from crdtool.search import search
-
-        return getattr(search, name)
-    raise AttributeError(name)

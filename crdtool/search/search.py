@@ -24,11 +24,18 @@ from typing import Any, Callable, Literal, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir, write_bytes_atomic, write_json_atomic
-from crdtool.recipe import DataConfig, GeneratorConfig, dump_toml, read_toml
+from crdtool.recipe import (
+    DataConfig,
+    GeneratorConfig,
+    RecipeSection,
+    dump_toml,
+    format_validation_error,
+    read_toml,
+)
 from crdtool.runtime import Runtime
 from crdtool.search.space import (
     DEFAULT_RATIOS,
@@ -50,11 +57,7 @@ SUMMARY_FORMAT = "crdtool.search"
 # ---------------------------------------------------------------------------------------------- recipe
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SearchSection(_Section):
+class SearchSection(RecipeSection):
     """``[search]``: the space, the schedule and the budget controller."""
 
     ngf: int = Field(32, ge=4, description="base width: stem ngf/2ngf/4ngf, body 4ngf, head 2ngf/ngf (maxima)")
@@ -105,7 +108,7 @@ class SearchSection(_Section):
                            multiple=self.width_multiple, expand=self.expand, input_nc=input_nc, output_nc=output_nc)
 
 
-class SearchLossSection(_Section):
+class SearchLossSection(RecipeSection):
     """``[loss]``: distillation to the teacher's output; no discriminator."""
 
     lambda_l1: float = Field(1.0, ge=0)
@@ -115,7 +118,7 @@ class SearchLossSection(_Section):
     lambda_raw_style: float = Field(10.0, ge=0, description="Gram of the raw outputs, used when there is no VGG")
 
 
-class SearchConfig(_Section):
+class SearchConfig(RecipeSection):
     """A search recipe: ``name``, ``seed``, ``output_dir``, ``[data]``, ``[teacher]``, ``[loss]``, ``[search]``."""
 
     version: int = SEARCH_RECIPE_VERSION
@@ -146,23 +149,11 @@ class SearchConfig(_Section):
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-    if e["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{loc}'"
-    if e["type"] == "missing":
-        return f"{source}: missing required key '{loc}'"
-    given = e.get("input")
-    shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
-    return f"{source}: bad value for '{loc}'{shown}: {e['msg'].removeprefix('Value error, ')}"
-
-
 def parse_search_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | None = None) -> SearchConfig:
     try:
         cfg = SearchConfig.model_validate(data)
     except ValidationError as e:
-        raise CrdError(_format_error(e, source)) from None
+        raise CrdError(format_validation_error(e, source)) from None
     base = base or Path.cwd()
 
     def fix(p: Optional[Path]) -> Optional[Path]:
@@ -618,11 +609,3 @@ def run_search(recipe: str | Path | SearchConfig, budget: float | str | None = N
     """Search a generator under ``budget`` MACs (at the recipe's crop size); writes RUN/arch.json."""
     cfg = recipe if isinstance(recipe, SearchConfig) else load_search_recipe(recipe, overrides)
     return Searcher(cfg, budget, window, Path(out) if out is not None else None, runtime, on_progress).run(resume)
-
-
-def budget_at(macs: float, from_size: int, to_size: int) -> float:
-    """Scale a budget between input sizes (MACs grow with the pixel count)."""
-    return macs * (to_size / from_size) ** 2
-
-
-__all__ = ["SearchConfig", "SearchResult", "Searcher", "run_search", "load_search_recipe", "budget_at"]
