@@ -7,10 +7,11 @@ import torch.nn as nn
 NORMS = ("instance", "batch", "none")
 
 
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    """The reference repos' norms: InstanceNorm without affine or running stats, BatchNorm affine."""
+def norm_layer(kind: str, channels: int, affine: bool = False) -> nn.Module:
+    """The reference repos' norms: InstanceNorm without running stats (affine only where a foreign
+    checkpoint, e.g. vintagify's, was trained that way), BatchNorm always affine."""
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        return nn.InstanceNorm2d(channels, affine=affine, track_running_stats=False)
     if kind == "batch":
         return nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
     if kind == "none":

@@ -10,17 +10,18 @@ import torch
 import torch.nn as nn
 
 from crdtool.models.layers import norm_layer
-from crdtool.models.resnet import decoder, encoder
+from crdtool.models.resnet import decoder, encoder, residual_output
 
 
 class SeparableConv2d(nn.Module):
     """Depthwise kxk (bias) -> norm -> pointwise 1x1 (bias)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = "instance"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = "instance",
+                 affine: bool = False):
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, in_channels, kernel_size, groups=in_channels, bias=True),
-            norm_layer(norm, in_channels),
+            norm_layer(norm, in_channels, affine),
             nn.Conv2d(in_channels, out_channels, 1, bias=True),
         )
 
@@ -31,17 +32,17 @@ class SeparableConv2d(nn.Module):
 class MobileResnetBlock(nn.Module):
     """x + [pad, sepconv, norm, relu, dropout, pad, sepconv, norm]."""
 
-    def __init__(self, dim: int, norm: str = "instance", dropout: float = 0.0):
+    def __init__(self, dim: int, norm: str = "instance", dropout: float = 0.0, affine: bool = False):
         super().__init__()
         self.conv_block = nn.Sequential(
             nn.ReflectionPad2d(1),
-            SeparableConv2d(dim, dim, 3, norm),
-            norm_layer(norm, dim),
+            SeparableConv2d(dim, dim, 3, norm, affine),
+            norm_layer(norm, dim, affine),
             nn.ReLU(True),
             nn.Dropout(dropout),
             nn.ReflectionPad2d(1),
-            SeparableConv2d(dim, dim, 3, norm),
-            norm_layer(norm, dim),
+            SeparableConv2d(dim, dim, 3, norm, affine),
+            norm_layer(norm, dim, affine),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,13 +50,18 @@ class MobileResnetBlock(nn.Module):
 
 
 class MobileResnetGenerator(nn.Module):
+    """``affine`` / ``residual`` as in ``ResnetGenerator``."""
+
     stride = 4
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 16, n_blocks: int = 9,
-                 norm: str = "instance", dropout: float = 0.0):
+                 norm: str = "instance", dropout: float = 0.0, affine: bool = False, residual: bool = False):
         super().__init__()
-        blocks = [MobileResnetBlock(ngf * 4, norm, dropout) for _ in range(n_blocks)]
-        self.model = nn.Sequential(*encoder(input_nc, ngf, norm), *blocks, *decoder(output_nc, ngf, norm))
+        blocks = [MobileResnetBlock(ngf * 4, norm, dropout, affine) for _ in range(n_blocks)]
+        self.residual = residual
+        self.model = nn.Sequential(*encoder(input_nc, ngf, norm, affine), *blocks,
+                                   *decoder(output_nc, ngf, norm, affine, residual))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        y = self.model(x)
+        return residual_output(x, y) if self.residual else y

@@ -18,14 +18,18 @@ from crdtool.models.layers import NORMS, init_weights
 
 _GENERATORS: dict[str, Callable[["GeneratorSpec"], nn.Module]] = {}
 _DEFAULT_NORM: dict[str, str] = {}
+_OPTIONS: dict[str, tuple[str, ...]] = {}  # boolean spec fields a family implements (affine, residual)
+OPTIONAL_FIELDS = ("affine", "residual")
 
 
-def register_generator(name: str, default_norm: str = "instance"):
-    """Decorator: ``@register_generator("resnet")`` on a ``factory(spec) -> nn.Module``."""
+def register_generator(name: str, default_norm: str = "instance", options: tuple[str, ...] = ()):
+    """Decorator: ``@register_generator("resnet")`` on a ``factory(spec) -> nn.Module``; ``options``
+    names the optional spec fields (``OPTIONAL_FIELDS``) the factory honours."""
 
     def wrap(factory: Callable[["GeneratorSpec"], nn.Module]):
         _GENERATORS[name] = factory
         _DEFAULT_NORM[name] = default_norm
+        _OPTIONS[name] = tuple(options)
         return factory
 
     return wrap
@@ -48,6 +52,8 @@ class GeneratorSpec:
     num_downs: int = 8  # unet
     dropout: float = 0.0
     arch: dict[str, Any] | None = field(default=None, hash=False, compare=True)
+    affine: bool = False  # InstanceNorm with a learned scale/shift (foreign teachers trained that way)
+    residual: bool = False  # out = clamp(x + head(features), -1, 1) instead of tanh(head(features))
 
     def resolved(self) -> "GeneratorSpec":
         if self.name not in _GENERATORS:
@@ -57,10 +63,21 @@ class GeneratorSpec:
             raise CrdError(f"unknown norm {norm!r} for generator {self.name!r}; expected one of {NORMS}")
         if self.ngf < 1:
             raise CrdError(f"generator ngf must be >= 1, got {self.ngf}")
+        for option in OPTIONAL_FIELDS:
+            if getattr(self, option) and option not in _OPTIONS[self.name]:
+                raise CrdError(f"generator {self.name!r} does not support {option} = true "
+                               f"(families that do: {', '.join(n for n in list_generators() if option in _OPTIONS[n])})")
+        if self.affine and norm != "instance":
+            raise CrdError(f"generator affine = true needs norm 'instance', got {norm!r}")
+        if self.residual and self.input_nc != self.output_nc:
+            raise CrdError(f"generator residual = true needs input_nc == output_nc, got {self.input_nc} and "
+                           f"{self.output_nc}")
         return dataclasses.replace(self, norm=norm)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.resolved())
+        """Optional fields appear only when set, so plain specs (and files, run fingerprints) read as before."""
+        data = dataclasses.asdict(self.resolved())
+        return {k: v for k, v in data.items() if k not in OPTIONAL_FIELDS or v}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -78,7 +95,7 @@ class GeneratorSpec:
     def describe(self) -> str:
         if self.name == "searched":
             return "searched"
-        return f"{self.name} ngf{self.ngf}"
+        return " ".join([f"{self.name} ngf{self.ngf}", *(o for o in OPTIONAL_FIELDS if getattr(self, o))])
 
 
 def build_generator(spec: GeneratorSpec | str, ngf: int | None = None, *, init: bool = True, **kwargs) -> nn.Module:
@@ -88,7 +105,15 @@ def build_generator(spec: GeneratorSpec | str, ngf: int | None = None, *, init: 
     spec = spec.resolved()
     model = _GENERATORS[spec.name](spec)
     model.spec = spec  # type: ignore[attr-defined]  # lets profile/export/save recover the description
-    return init_weights(model) if init else model
+    if not init:
+        return model
+    init_weights(model)
+    if spec.residual:  # a zero head makes the untrained network the identity, where a residual student starts
+        head = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+    return model
 
 
 def build_discriminator(input_nc: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> nn.Module:
@@ -105,18 +130,20 @@ def generator_stride(model_or_spec: nn.Module | GeneratorSpec) -> int:
     return 2**spec.num_downs if spec.name == "unet" else 4
 
 
-@register_generator("resnet")
+@register_generator("resnet", options=OPTIONAL_FIELDS)
 def _resnet(spec: GeneratorSpec) -> nn.Module:
     from crdtool.models.resnet import ResnetGenerator
 
-    return ResnetGenerator(spec.input_nc, spec.output_nc, spec.ngf, spec.n_blocks, spec.norm, spec.dropout)
+    return ResnetGenerator(spec.input_nc, spec.output_nc, spec.ngf, spec.n_blocks, spec.norm, spec.dropout,
+                           spec.affine, spec.residual)
 
 
-@register_generator("mobile_resnet")
+@register_generator("mobile_resnet", options=OPTIONAL_FIELDS)
 def _mobile_resnet(spec: GeneratorSpec) -> nn.Module:
     from crdtool.models.mobile_resnet import MobileResnetGenerator
 
-    return MobileResnetGenerator(spec.input_nc, spec.output_nc, spec.ngf, spec.n_blocks, spec.norm, spec.dropout)
+    return MobileResnetGenerator(spec.input_nc, spec.output_nc, spec.ngf, spec.n_blocks, spec.norm, spec.dropout,
+                                 spec.affine, spec.residual)
 
 
 @register_generator("unet", default_norm="batch")
