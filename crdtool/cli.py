@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from typing import Optional
 
 import typer
+
+from crdtool.commands.bench import bench, fid_stats
+from crdtool.commands.data import data_app
+from crdtool.commands.distill import distill
+from crdtool.commands.export import export
+from crdtool.commands.profile import profile
+from crdtool.commands.quickstart import quickstart
+from crdtool.commands.search import search
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from crdtool import __version__
+
+        typer.echo(f"crdtool {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="crdtool",
@@ -13,35 +29,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    # Help texts are plain text: rich markup would eat "[...]" (e.g. "crdtool[fid]", "[budget, ...]").
+    rich_markup_mode=None,
 )
 
-# (module, function, command name); each module is a thin CLI layer over a library module.
-COMMANDS = [
-    ("crdtool.commands.distill", "distill", "distill"),
-    ("crdtool.commands.quickstart", "quickstart", "quickstart"),
-    ("crdtool.commands.profile", "profile", "profile"),
-    ("crdtool.commands.export", "export", "export"),
-    ("crdtool.commands.bench", "bench", "bench"),
-    ("crdtool.commands.bench", "fid_stats", "fid-stats"),
-    ("crdtool.commands.search", "search", "search"),
-]
-SUBAPPS = [("crdtool.commands.data", "data_app", "data", "Datasets: synthesize, inspect.")]
-
-for mod, fn, name in COMMANDS:
-    if importlib.util.find_spec(mod) is not None:
-        app.command(name)(getattr(importlib.import_module(mod), fn))
-for mod, attr, name, help_ in SUBAPPS:
-    if importlib.util.find_spec(mod) is not None:
-        app.add_typer(getattr(importlib.import_module(mod), attr), name=name, help=help_)
+app.command("distill")(distill)
+app.command("quickstart")(quickstart)
+app.command("profile")(profile)
+app.command("export")(export)
+app.command("bench")(bench)
+app.command("fid-stats")(fid_stats)
+app.command("search")(search)
+app.add_typer(data_app, name="data", help="Datasets: generate a small synthetic one.")
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
-    if version:
-        from crdtool import __version__
-
-        typer.echo(f"crdtool {__version__}")
-        raise typer.Exit()
+def _root(version: Optional[bool] = typer.Option(None, "--version", help="Print the version and exit.",
+                                                 is_eager=True, callback=_print_version)) -> None:
+    """Content Relationship Distillation for image-to-image GANs: distill, profile, export, bench, search."""
 
 
 def main() -> None:

@@ -5,9 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from crdtool.errors import CrdError
 from crdtool.recipe import Recipe, load_recipe
 from crdtool.runtime import Runtime
 from crdtool.train.loop import DistillResult, Distiller
+
+RUN_RECIPE = "recipe.toml"
+
+
+def load_distill_recipe(source: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """A recipe file, or a run folder: its own ``recipe.toml`` (every ``--set`` it was started with is in it),
+    with ``output_dir`` pinned to that folder so it resumes there from any working directory."""
+    source = Path(source)
+    if source.is_dir():
+        if not (source / RUN_RECIPE).is_file():
+            raise CrdError(f"{source} is a folder without {RUN_RECIPE}: give a recipe file or a run folder")
+        return load_recipe(source / RUN_RECIPE, {**(overrides or {}), "output_dir": str(source)})
+    return load_recipe(source, overrides)
 
 
 def prepare_data(recipe: Recipe) -> Path:
@@ -22,9 +36,10 @@ def prepare_data(recipe: Recipe) -> Path:
 
 def run(recipe: Recipe | str | Path, resume: bool = False, overrides: dict[str, Any] | None = None,
         runtime: Runtime | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
-    """Distil the recipe's student; ``resume`` continues from the run folder's latest checkpoint."""
+    """Distil the recipe's student (a recipe, its file or a run folder); ``resume`` continues from the run
+    folder's latest checkpoint, and resuming a finished run returns ``already_finished`` and writes nothing."""
     if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
+        recipe = load_distill_recipe(recipe, overrides)
     elif overrides:
         raise ValueError("overrides apply to recipe files; edit the Recipe object instead")
     prepare_data(recipe)

@@ -9,7 +9,8 @@ import typer
 from crdtool.commands.common import console, user_errors
 from crdtool.data.synth import make_synthetic_dataset, split_counts, synth_matches
 
-data_app = typer.Typer(help="Dataset utilities: generate a small synthetic dataset.", no_args_is_help=True)
+data_app = typer.Typer(help="Dataset utilities: generate a small synthetic dataset.", no_args_is_help=True,
+                       rich_markup_mode=None)
 
 
 @data_app.command("synth")

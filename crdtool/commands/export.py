@@ -4,52 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from crdtool.commands.common import console, err_console, fail
-from crdtool.deploy.export import ExportResult, export_artifacts
+from crdtool.commands.tables import render_export_result
+from crdtool.deploy.export import export_artifacts
 from crdtool.errors import CrdError
-
-
-def _size(n: int) -> str:
-    if n <= 0:
-        return "-"
-    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-def render_export_result(result: ExportResult, console: Console) -> None:
-    """Parity table + where the verification inputs came from; also used by ``crdtool quickstart``."""
-    shape = f"{result.input_shape[2]}x{result.input_shape[3]}" + (" (dynamic)" if result.dynamic else "")
-    table = Table(title=f"export of {escape(result.source.name)} at {shape} vs PyTorch fp32", title_justify="left")
-    for col, just in (("artifact", "left"), ("backend", "left"), ("max abs", "right"), ("PSNR dB", "right"),
-                      ("size", "right"), ("status", "left")):
-        table.add_column(col, justify=just, no_wrap=col != "status")  # type: ignore[arg-type]
-    for row in result.rows:
-        p = row.parity
-        psnr = "-" if p is None else ("inf" if math.isinf(p.psnr_db) else f"{p.psnr_db:.1f}")
-        style = "green" if row.status == "ok" else ("yellow" if row.status.startswith(("ok", "skipped")) else "red")
-        status = "skipped" if row.status.startswith("skipped") else row.status
-        table.add_row(escape(row.artifact), row.backend.replace("-cpu", ""), "-" if p is None else f"{p.max_abs:.2e}", psnr,
-                      _size(row.bytes), f"[{style}]{escape(status)}[/]")
-    console.print(table)
-    n = result.rows[0].parity.n_images if result.rows and result.rows[0].parity else 0
-    if result.synthetic:
-        console.print(f"[yellow]verified on {n} SYNTHETIC images[/] (no real images found; pass --images FOLDER)")
-    else:
-        console.print(f"verified on {n} images from {escape(result.verification)}")
-    if result.calibration:
-        console.print(f"INT8 calibrated on {escape(result.calibration)}")
-    for note in result.notes:
-        if "SYNTHETIC" not in note:
-            console.print(f"[yellow]note:[/] {escape(note)}")
-    console.print(f"manifest: {escape(str(result.manifest))}")
 
 
 def export(

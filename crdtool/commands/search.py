@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import time
+import shlex
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Group
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.text import Text
 from rich.table import Table
 
 from crdtool.commands.common import console, parse_overrides, user_errors
-
-
-def _columns():
-    return (TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-
-
-class _ArchLine:
-    """The current argmax architecture, on its own line under the bar (Live re-renders it)."""
-
-    text = ""
-
-    def __rich__(self) -> Text:
-        return Text(f"  argmax: {self.text}", style="dim", overflow="fold")
+from crdtool.progress import StepProgress
 
 
 def _run(recipe: Path, budget: Optional[str], window: Optional[float], resume: bool, out: Optional[Path],
@@ -37,41 +20,34 @@ def _run(recipe: Path, budget: Optional[str], window: Optional[float], resume: b
 
     cfg = load_search_recipe(recipe, overrides)
     searcher = Searcher(cfg, budget, window, out)
-    bar = Progress(*_columns(), console=console)
-    arch_line = _ArchLine()
-    with Live(Group(bar, arch_line), console=console, refresh_per_second=4):
-        task = bar.add_task("search", total=searcher.cfg.search.pretrain_steps + searcher.cfg.search.steps, info="")
-        last = [0.0]
-
+    with StepProgress(console, "search", searcher.cfg.search.pretrain_steps + searcher.cfg.search.steps) as bar:
         def on_progress(info: dict) -> None:
             if info["event"] == "start":
                 lo, hi = info["budget"]
                 for w in info["warnings"]:
                     console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
-                console.print(f"[bold]search[/] {cfg.name}: budget [{format_macs(lo)}, {format_macs(hi)}] MACs "
-                                  f"at {info['size']}px; teacher {info['teacher']}; loss {info['loss']}; "
-                                  f"{info['device']}; run folder {info['run_dir']}", highlight=False)
-                bar.update(task, completed=info["step"])
+                console.print(f"[bold]search[/] {cfg.name}: budget \\[{format_macs(lo)}, {format_macs(hi)}] MACs "
+                              f"at {info['size']}px; teacher {info['teacher']}; loss {info['loss']}; "
+                              f"{info['device']}; run folder {info['run_dir']}", highlight=False)
                 return
-            now = time.time()
-            if now - last[0] < 0.3 and info["step"] != info["total"]:
-                return
-            last[0] = now
-            text = (f"{info['phase']} loss {info['loss']:.3f}  E[MACs] {format_macs(info['expected_macs'])}  "
-                    f"argmax {format_macs(info['argmax_macs'])}  lambda {info['lambda']:.3g}")
-            bar.update(task, completed=info["step"], info=text)
-            arch_line.text = info["arch"]
+            bar.footer = f"argmax: {info['arch']}"
+            bar.update(info["step"], info=f"{info['phase']} loss {info['loss']:.3f}  "
+                                          f"E[MACs] {format_macs(info['expected_macs'])}  "
+                                          f"argmax {format_macs(info['argmax_macs'])}  lambda {info['lambda']:.3g}")
 
         searcher.on_progress = on_progress
         return cfg, searcher.run(resume=resume)
 
 
-def print_result(cfg, r) -> None:
+def print_result(cfg, r, sets: Optional[list[str]] = None) -> None:
     from crdtool.search.space import arch_macs, format_macs
 
-    if r.interrupted:
+    if r.interrupted:  # the hint repeats every --set: the search recipe is re-read on resume
+        args = ["crdtool", "search", str(cfg.source), "--resume", "--out", str(r.run_dir)]
+        for item in sets or []:
+            args += ["--set", item]
         console.print(f"[yellow]interrupted[/] at step {r.steps}; checkpoint written. Resume with: "
-                      f"crdtool search {cfg.source} --resume" + (f" --out {r.run_dir}" if cfg.run_dir != r.run_dir else ""))
+                      f"{shlex.join(args)}", highlight=False, soft_wrap=True)
         return
     for w in r.warnings:
         console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
@@ -109,11 +85,12 @@ def search(
     resume: bool = typer.Option(False, "--resume", help="Continue the search in the output folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: the recipe's output_dir)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ..."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe key: --set search.steps=50"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                             help="Override a recipe key: --set search.steps=50"),
 ) -> None:
     """Search a generator architecture under a MAC budget (AutoGAN-Distiller); writes RUN/arch.json."""
     overrides = parse_overrides(set_)
     if device is not None:
         overrides["search.device"] = device
     cfg, result = _run(recipe, budget, window, resume, out, overrides)
-    print_result(cfg, result)
+    print_result(cfg, result, set_)

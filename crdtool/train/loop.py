@@ -74,6 +74,8 @@ class DistillResult:
     first_eval: dict[str, Any] | None
     interrupted: bool = False
     seconds: float = 0.0
+    already_finished: bool = False  # resumed a run that had nothing left to do; nothing was written
+    resumed_from: int | None = None  # the step a resumed run continued from
 
 
 def linear_decay(epoch: int, constant: int, decay: int) -> float:
@@ -119,9 +121,11 @@ class Distiller:
         for role, g in (("teacher", self.r.teacher), ("student", self.r.student)):
             s = generator_stride(g.spec())
             if d.crop_size % s:
-                raise CrdError(f"data.crop_size {d.crop_size} is not divisible by the {role} generator's stride {s}")
+                raise CrdError(f"{self.r.source or 'recipe'}: data.crop_size {d.crop_size} is not divisible by the "
+                               f"{role} generator's stride {s}")
         if self.r.loss.kd == "crd" and self.r.loss.patches > 0 and d.crop_size % self.r.loss.patch_size:
-            raise CrdError(f"data.crop_size {d.crop_size} is not divisible by loss.patch_size {self.r.loss.patch_size}")
+            raise CrdError(f"{self.r.source or 'recipe'}: data.crop_size {d.crop_size} is not divisible by "
+                           f"loss.patch_size {self.r.loss.patch_size}")
 
     def _build(self) -> None:
         from crdtool.data import build_dataset, test_phase
@@ -567,6 +571,11 @@ class Distiller:
     def run(self, resume: bool = False) -> DistillResult:
         start = time.time()
         self._prepare_run_dir(resume)
+        resumed_from = self.progress.step if resume else None
+        if resume and self.finished():
+            return DistillResult(self.run_dir, self.run_dir / "student.safetensors",
+                                 self.run_dir / "teacher.safetensors", self.progress.step, self.progress.student_steps,
+                                 None, None, already_finished=True, resumed_from=resumed_from)
         handlers = {}
         try:
             import threading
@@ -583,7 +592,12 @@ class Distiller:
                 signal.signal(s, h)
         return DistillResult(self.run_dir, self.run_dir / "student.safetensors", self.run_dir / "teacher.safetensors",
                              self.progress.step, self.progress.student_steps, self._last_eval, self._first_eval,
-                             interrupted, time.time() - start)
+                             interrupted, time.time() - start, resumed_from=resumed_from)
+
+    def finished(self) -> bool:
+        """Nothing left to do: the schedule is complete, or ``train.max_steps`` student steps are done."""
+        p, cap = self.progress, self.r.train.max_steps
+        return p.phase >= len(self.phases) or (cap is not None and p.student_steps >= cap)
 
     def _prepare_run_dir(self, resume: bool) -> None:
         ensure_writable_dir(self.run_dir)
@@ -592,6 +606,8 @@ class Distiller:
             if last is None:
                 raise CrdError(f"nothing to resume in {self.run_dir} (no checkpoints/latest.json)")
             self.restore(last)
+            if self.finished():  # resuming a finished run changes nothing, not even its recipe.toml
+                return
         elif last is not None:
             raise CrdError(f"{self.run_dir} already holds a run (checkpoint {last.name}); pass --resume to continue it "
                            f"or choose another output_dir")

@@ -1,0 +1,100 @@
+"""A new user's first hour through the CLI: nothing a command was not asked to touch is lost, and every
+hint or message points the right way."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import shlex
+import signal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crdtool.cli import app
+from crdtool.recipe import dump_toml
+from crdtool.train.loop import Distiller
+from tests.helpers import TINY
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "200"}, catch_exceptions=False)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_tiny_recipe(folder: Path, **train) -> Path:
+    d = copy.deepcopy(TINY)
+    d["data"]["root"] = "data"
+    d["train"].update(train)
+    path = folder / "tiny.toml"
+    path.write_text(dump_toml(d))
+    return path
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Ctrl-C at ``step``: a real SIGINT, delivered to the handler the run installs."""
+    track = Distiller._track
+
+    def track_then_interrupt(self, losses):
+        track(self, losses)
+        if self.progress.step == step:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Distiller, "_track", track_then_interrupt)
+
+
+def test_resume_hint_resumes_the_run_that_stopped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_tiny_recipe(tmp_path, max_steps=6)
+    done = invoke("distill", str(recipe))
+    assert done.exit_code == 0, done.output
+    finished = snapshot(tmp_path / "runs" / "tiny")
+
+    with monkeypatch.context() as m:
+        interrupt_at(m, 5)
+        stopped = invoke("distill", str(recipe), "--set", "output_dir=runs/sigint", "--set", "train.lr=1e-4")
+    assert stopped.exit_code == 0, stopped.output
+    hint = re.search(r"Resume with: (.+)", stopped.output).group(1).strip()
+    assert hint == "crdtool distill runs/sigint --resume"
+
+    resumed = invoke(*shlex.split(hint)[1:])
+    assert resumed.exit_code == 0, resumed.output
+    assert "steps 5 -> " in resumed.output
+    assert snapshot(tmp_path / "runs" / "tiny") == finished  # the other run is untouched
+    saved = (tmp_path / "runs" / "sigint" / "recipe.toml").read_text()
+    assert "lr = 0.0001" in saved and 'output_dir = "runs/sigint"' in saved  # its --set values were kept
+
+    again = snapshot(tmp_path / "runs" / "sigint")
+    twice = invoke(*shlex.split(hint)[1:])
+    assert twice.exit_code == 0, twice.output
+    assert "has already finished" in twice.output and "nothing was changed" in twice.output
+    assert snapshot(tmp_path / "runs" / "sigint") == again
+
+
+def test_summary_after_an_early_interrupt_does_not_repeat_the_start_as_after(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_tiny_recipe(tmp_path, max_steps=6)
+    interrupt_at(monkeypatch, 3)
+    res = invoke("distill", str(recipe))
+    assert res.exit_code == 0, res.output
+    assert "step 0 (start)" in res.output
+    assert "before" not in res.output and "after" not in res.output
+    assert "no evaluation since step 0" in res.output
+
+
+def test_distill_folder_without_recipe_is_one_line(tmp_path):
+    res = invoke("distill", str(tmp_path), "--resume")
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [f"error: {tmp_path} is a folder without recipe.toml: give a recipe "
+                                               f"file or a run folder"]
