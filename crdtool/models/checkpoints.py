@@ -279,3 +279,14 @@ def load_discriminator_weights(model: nn.Module, path: str | Path, prefix: str =
         state = clean_official_state_dict(read_torch_state_dict(source), model)
     load_state_strict(model, state, source)
     return source
+
+
+def checkpoint_layout(path: str | Path) -> str:
+    """What a generator file is, in one phrase, without building the network (for the CLI to print)."""
+    path = resolve_generator_path(path)
+    if path.suffix == ".safetensors":
+        _, meta = read_safetensors(path)
+        if meta.get("format") == GENERATOR_FORMAT:
+            return f"crdtool generator file ({GeneratorSpec.from_dict(json.loads(meta['spec'])).describe()})"
+        return f"safetensors file ({meta.get('format', 'no crdtool metadata')})"
+    return detect_layout(read_torch_state_dict(path), path).describe()
