@@ -13,7 +13,12 @@ MAC per element; the real multiply-accumulate count differs. crdtool reports bot
   grid, linear, matmul) once; nothing else. This is what ``torch.utils.flop_counter`` reports
   (as FLOPs = 2 x MACs), which the tests use to catch a break in fvcore's TorchScript tracing.
 
-One trace per model yields both: each op handle returns a counter keyed ``"<convention>:<op>"``.
+A third total, ``agd``, is AutoGAN-Distiller's figure: its code counts with thop, whose rules add one
+op per output element for a conv's bias and one per LeakyReLU output element to the convolutions'
+MACs. That is how AGD's table gets 1176.61G for ESRGAN's RRDBNet at a 256x256 input, where the
+convolutions alone are 1174.85G. It is a total only (rows and ``--top`` use the two above).
+
+One trace per model yields all: each op handle returns a counter keyed ``"<convention>:<op>"``.
 """
 
 from __future__ import annotations
@@ -36,12 +41,13 @@ PROFILE_FORMAT = "crdtool.profile"
 PROFILE_VERSION = 1
 CONVENTIONS = ("literature", "exact")
 DEFAULT_CONVENTION = "literature"
+TOTAL_ONLY_CONVENTIONS = ("agd",)  # reported as totals (ModelProfile.extra_macs), not per layer
 
 # Ops that cost 0 MACs in both conventions (elementwise, data movement). Listing them keeps them
 # out of the "unsupported" report; anything else without a rule is reported once by name.
 _ZERO_OPS = (
     "aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::rsub", "aten::div", "aten::div_",
-    "aten::relu", "aten::relu_", "aten::leaky_relu_", "aten::tanh", "aten::tanh_", "aten::sigmoid",
+    "aten::relu", "aten::relu_", "aten::tanh", "aten::tanh_", "aten::sigmoid",
     "aten::sigmoid_", "aten::hardtanh", "aten::hardtanh_", "aten::gelu", "aten::silu", "aten::silu_",
     "aten::hardswish", "aten::hardswish_", "aten::hardsigmoid", "aten::threshold", "aten::elu", "aten::elu_",
     "aten::pad", "aten::reflection_pad1d", "aten::reflection_pad2d", "aten::replication_pad1d",
@@ -82,8 +88,11 @@ class ModelProfile:
     rows: tuple[LayerProfile, ...]
     unsupported_ops: dict[str, int] = field(default_factory=dict)  # aten op -> times seen, counted as 0
     spec: GeneratorSpec | None = None
+    extra_macs: dict[str, int] = field(default_factory=dict)  # TOTAL_ONLY_CONVENTIONS -> total MACs
 
     def total(self, convention: str = DEFAULT_CONVENTION) -> int:
+        if convention in self.extra_macs:
+            return self.extra_macs[convention]
         return self.macs[check_convention(convention)]
 
     def share(self, row: LayerProfile, convention: str = DEFAULT_CONVENTION) -> float:
@@ -103,6 +112,7 @@ class ModelProfile:
             rows.append(d)
         return {"name": self.name, "spec": self.spec.to_dict() if self.spec else None,
                 "input_shape": list(self.input_shape), "params": self.params, "macs": dict(self.macs),
+                "extra_macs": dict(self.extra_macs),
                 "by_op": {c: dict(v) for c, v in self.by_op.items()},
                 "unsupported_ops": dict(self.unsupported_ops), "rows": rows}
 
@@ -128,8 +138,9 @@ class Comparison:
                 "ratios": {"macs": {c: self.mac_ratio(c) for c in CONVENTIONS}, "params": self.param_ratio}}
 
 
-def check_convention(convention: str) -> str:
-    if convention not in CONVENTIONS:
+def check_convention(convention: str, total_only: bool = False) -> str:
+    """``total_only`` also accepts the conventions reported as totals only (``agd``)."""
+    if convention not in CONVENTIONS and not (total_only and convention in TOTAL_ONLY_CONVENTIONS):
         raise CrdError(f"unknown counting convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
     return convention
 
@@ -175,7 +186,10 @@ def _conv_handle(inputs: list, outputs: list) -> Counter:
     per_position = math.prod(w)  # out_ch * in_ch/groups * k*k (or in_ch * out_ch/groups * k*k transposed)
     literature = out[0] * math.prod(out[2:]) * per_position
     exact = x[0] * math.prod(x[2:]) * per_position if transposed else literature
-    return _both("conv_transpose" if transposed else "conv", literature, exact)
+    counts = _both("conv_transpose" if transposed else "conv", literature, exact)
+    has_bias = _shape(inputs[2]) is not None
+    counts["agd:conv"] = literature + (math.prod(out) if has_bias else 0)  # thop: + 1 per output for a bias
+    return counts
 
 
 def _contraction(fvcore_handle: Callable, op: str) -> Callable:
@@ -206,6 +220,18 @@ def _literature_elementwise(op: str, per_element: int = 1) -> Callable:
     return handle
 
 
+def _leaky_relu_handle(inplace: bool) -> Callable:
+    """thop (AGD) counts one op per LeakyReLU output; the literature convention only the out-of-place op."""
+
+    def handle(inputs: list, outputs: list) -> Counter:
+        n = _numel(outputs[0])
+        counts = Counter() if inplace else _both("leaky_relu", n, 0)
+        counts["agd:leaky_relu"] = n
+        return counts
+
+    return handle
+
+
 def _op_handles() -> dict[str, Callable]:
     jh = _fvcore_nn().jit_handles
     handles: dict[str, Callable] = {
@@ -222,7 +248,8 @@ def _op_handles() -> dict[str, Callable]:
         "aten::group_norm": _norm_handle(2),
         "aten::mul": _literature_elementwise("mul"),
         "aten::mul_": _literature_elementwise("mul"),
-        "aten::leaky_relu": _literature_elementwise("leaky_relu"),
+        "aten::leaky_relu": _leaky_relu_handle(inplace=False),
+        "aten::leaky_relu_": _leaky_relu_handle(inplace=True),
         "aten::upsample_bilinear2d": _literature_elementwise("upsample", 4),
     }
     for name in ("aten::avg_pool2d", "aten::adaptive_avg_pool2d", "aten::mean"):
@@ -299,7 +326,8 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 256
         name = spec.describe() if isinstance(spec, GeneratorSpec) else type(model).__name__
     return ModelProfile(name=name, input_shape=input_shape, params=params, macs=macs, by_op=by_op,
                         rows=tuple(rows), unsupported_ops=unsupported,
-                        spec=spec if isinstance(spec, GeneratorSpec) else None)
+                        spec=spec if isinstance(spec, GeneratorSpec) else None,
+                        extra_macs={c: _sum_convention(totals, c) for c in TOTAL_ONLY_CONVENTIONS})
 
 
 def _first_shape(obj: Any) -> tuple[int, ...] | None:
@@ -341,14 +369,35 @@ def profile_spec(spec: GeneratorSpec, size: int = 256, batch: int = 1) -> ModelP
 
 
 def profile_checkpoint(path: str | Path, size: int = 256) -> ModelProfile:
-    """Profile a generator file (crdtool .safetensors, run folder, official .pth)."""
+    """Profile a generator file (crdtool .safetensors, run folder, official .pth, Real-ESRGAN/ESRGAN
+    .pth) or an ``arch.json``."""
     from crdtool.models.checkpoints import load_generator
 
-    model = load_generator(path)
+    if str(path).endswith(".json"):
+        from crdtool.models.sr_student import load_arch_spec
+
+        return profile_spec(load_arch_spec(path), size)
+    model = _load_any_generator(path)
     spec: GeneratorSpec = model.spec  # type: ignore[assignment]
     check_size(spec, size)
     result = profile_model(model, (1, spec.input_nc, size, size), name=f"{spec.describe()} ({Path(path).name})")
     return result
+
+
+def _load_any_generator(path: str | Path) -> nn.Module:
+    """crdtool's own files and CycleGAN .pth via ``load_generator``; an RRDBNet release (``conv_first``,
+    ``params_ema``, ESRGAN's ``model.0``) through ``rrdb.load_rrdb``."""
+    from crdtool.models.checkpoints import load_generator
+    from crdtool.models.rrdb import load_rrdb
+
+    try:
+        return load_generator(path)
+    except CrdError:
+        try:
+            return load_rrdb(path)
+        except CrdError:
+            pass
+        raise
 
 
 def compare(teacher: ModelProfile, student: ModelProfile, name: str = "") -> Comparison:
@@ -372,10 +421,11 @@ def profile_recipe(path: str | Path, size: int | None = None) -> Comparison:
 # ---------------------------------------------------------------- formatting (pure)
 
 def format_macs(n: float) -> str:
-    """4 significant digits with a unit: 56.80G, 1.408G, 18.31G, 87.98M."""
+    """4 significant digits with a unit: 56.80G, 1.408G, 18.31G, 87.98M; from 1000G on, two decimals
+    (1174.85G, ESRGAN's RRDBNet: 4 digits would hide what separates the counting conventions)."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
-            return _sig4(n / scale) + unit
+            return (f"{n / scale:.2f}" if unit == "G" and abs(n) >= 1e12 else _sig4(n / scale)) + unit
     return str(int(n))
 
 

@@ -18,6 +18,8 @@ from crdtool.models.layers import NORMS, init_weights
 
 _GENERATORS: dict[str, Callable[["GeneratorSpec"], nn.Module]] = {}
 _DEFAULT_NORM: dict[str, str] = {}
+_STRIDE: dict[str, int] = {}  # input sides must be multiples of this (resnets 4; SR families 1)
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {}  # spec fields a family defaults differently (rrdb: 23 blocks)
 _OPTIONS: dict[str, tuple[str, ...]] = {}  # boolean spec fields a family implements (affine, residual)
 OPTIONAL_FIELDS = ("affine", "residual")
 
@@ -35,8 +37,25 @@ def register_generator(name: str, default_norm: str = "instance", options: tuple
     return wrap
 
 
+def register_family_defaults(name: str, stride: int = 4, **defaults: Any) -> None:
+    """A family's input stride and its own defaults for spec fields (``family_spec`` applies them)."""
+    _STRIDE[name] = stride
+    _FAMILY_DEFAULTS[name] = dict(defaults)
+
+
+def family_spec(name: str, **given: Any) -> "GeneratorSpec":
+    """``GeneratorSpec(name, ...)`` with the family's defaults for the fields ``given`` leaves at None."""
+    fields = {**_FAMILY_DEFAULTS.get(name, {}), **{k: v for k, v in given.items() if v is not None}}
+    return GeneratorSpec(name, **fields).resolved()
+
+
 def list_generators() -> list[str]:
     return sorted(_GENERATORS)
+
+
+def _default_sr_field(key: str, value: Any) -> bool:
+    """SR fields left at their defaults are not written, so other families' specs read as before."""
+    return (key, value) in (("scale", 1), ("num_grow_ch", 32))
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,8 @@ class GeneratorSpec:
     n_blocks: int = 9  # resnet / mobile_resnet
     num_downs: int = 8  # unet
     dropout: float = 0.0
+    scale: int = 1  # super-resolution families: output side / input side
+    num_grow_ch: int = 32  # rrdb: channels each dense-block conv adds
     arch: dict[str, Any] | None = field(default=None, hash=False, compare=True)
     affine: bool = False  # InstanceNorm with a learned scale/shift (foreign teachers trained that way)
     residual: bool = False  # out = clamp(x + head(features), -1, 1) instead of tanh(head(features))
@@ -77,7 +98,7 @@ class GeneratorSpec:
     def to_dict(self) -> dict[str, Any]:
         """Optional fields appear only when set, so plain specs (and files, run fingerprints) read as before."""
         data = dataclasses.asdict(self.resolved())
-        return {k: v for k, v in data.items() if k not in OPTIONAL_FIELDS or v}
+        return {k: v for k, v in data.items() if (k not in OPTIONAL_FIELDS or v) and not _default_sr_field(k, v)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -127,7 +148,7 @@ def generator_stride(model_or_spec: nn.Module | GeneratorSpec) -> int:
     spec = model_or_spec if isinstance(model_or_spec, GeneratorSpec) else getattr(model_or_spec, "spec", None)
     if spec is None:
         return int(getattr(model_or_spec, "stride", 1))
-    return 2**spec.num_downs if spec.name == "unet" else 4
+    return 2**spec.num_downs if spec.name == "unet" else _STRIDE.get(spec.name, 4)
 
 
 @register_generator("resnet", options=OPTIONAL_FIELDS)
