@@ -98,3 +98,53 @@ def test_distill_folder_without_recipe_is_one_line(tmp_path):
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [f"error: {tmp_path} is a folder without recipe.toml: give a recipe "
                                                f"file or a run folder"]
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+@pytest.fixture
+def student_file(tmp_path) -> Path:
+    from crdtool.models import build_generator
+    from crdtool.models.checkpoints import save_generator
+    from crdtool.models.registry import GeneratorSpec
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = tmp_path / "student.safetensors"
+    save_generator(build_generator(GeneratorSpec("mobile_resnet", ngf=2, n_blocks=1)), path)
+    return path
+
+
+@pytest.mark.slow  # three real exports (dynamo): ~30 s on a busy 2-core host
+def test_export_adds_to_an_export_and_never_deletes(student_file, tmp_path, monkeypatch):
+    from crdtool.deploy import tensorrt
+    from crdtool.deploy.manifest import read_manifest
+
+    out = tmp_path / "export"
+    first = invoke("export", str(student_file), "--int8-cpu", "--fp16", "--size", "32", "--calib-images", "4",
+                   "-o", str(out))
+    assert first.exit_code == 0, first.output
+    int8, fp16 = out / "student.int8.onnx", out / "student.fp16.onnx"
+    before = {p: digest(p) for p in (int8, fp16)}
+
+    monkeypatch.setattr(tensorrt, "probe_tensorrt", lambda *a, **k: tensorrt.TrtProbe(False, reason="no TensorRT"))
+    trt = invoke("export", str(student_file), "--trt", "--size", "32", "-o", str(out))
+    assert trt.exit_code == 1 and "--trt skipped" in trt.output
+    assert {p: digest(p) for p in (int8, fp16)} == before  # byte-identical, not deleted
+    listed = {a["file"]: a for a in read_manifest(out / "manifest.json")["artifacts"]}
+    assert set(listed) == {"student.onnx", "student.int8.onnx", "student.fp16.onnx"}
+    assert not any("stale" in a for a in listed.values())
+
+    # a changed source: the old reduced-precision files stay, marked stale, with a printed line
+    from crdtool.models import build_generator
+    from crdtool.models.checkpoints import save_generator
+    from crdtool.models.registry import GeneratorSpec
+
+    save_generator(build_generator(GeneratorSpec("mobile_resnet", ngf=2, n_blocks=1)), student_file)
+    again = invoke("export", str(student_file), "--onnx", "--size", "32", "-o", str(out))
+    assert again.exit_code == 0, again.output
+    assert {p: digest(p) for p in (int8, fp16)} == before
+    listed = {a["file"]: a for a in read_manifest(out / "manifest.json")["artifacts"]}
+    assert "another source checkpoint" in listed["student.int8.onnx"]["stale"]
+    assert "stale" not in listed["student.onnx"]
+    assert "stale: student.int8.onnx" in again.output

@@ -184,6 +184,13 @@ def render_export_result(result: ExportResult, console: Console) -> None:
     for note in result.notes:
         if "SYNTHETIC" not in note:
             console.print(f"[yellow]note:[/] {escape(note)}")
+    if result.kept:
+        fresh = [n for n in result.kept if n not in result.stale]
+        if fresh:
+            console.print(f"kept from an earlier export (not rebuilt, still listed): {escape(', '.join(fresh))}")
+    for name, reason in result.stale.items():
+        console.print(f"[yellow]stale:[/] {escape(name)} kept but marked stale in the manifest: {escape(reason)}; "
+                      f"rebuild it or delete it")
     console.print(f"manifest: {escape(str(result.manifest))}")
 
 

@@ -2,13 +2,13 @@
 
 Everything is built in a hidden staging folder inside the output folder and moved into place only once every
 requested artifact has been verified, so a failed export (bad checkpoint, parity failure, full disk) leaves
-the output folder as it was. An fp32 artifact that differs from PyTorch is refused; reduced-precision ones
+the output folder as it was. An export adds to or replaces only what it was asked for: files of earlier exports
+stay, listed in the new manifest, and marked stale when their source checkpoint or input shape has changed. An fp32 artifact that differs from PyTorch is refused; reduced-precision ones
 are measured (PSNR against the PyTorch fp32 output) and flagged when low.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,7 +23,7 @@ from PIL import Image
 from crdtool.data.images import BadImageError, list_images, load_folder_tensor, load_image, to_tensor
 from crdtool.deploy import onnx as onnx_mod
 from crdtool.deploy import optimize, quantize, tensorrt
-from crdtool.deploy.manifest import MANIFEST_NAME, ArtifactEntry, build_manifest, sha256_file, write_manifest
+from crdtool.deploy.manifest import MANIFEST_NAME, ArtifactEntry, build_manifest, carry_over, sha256_file, write_manifest
 from crdtool.deploy.onnx import Parity
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir
@@ -67,6 +67,8 @@ class ExportResult:
     dynamic: bool = False
     trt_message: str | None = None  # why a requested TensorRT engine was not built
     notes: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # earlier artifacts this export did not rebuild, left in place
+    stale: dict[str, str] = field(default_factory=dict)  # kept file -> why it no longer matches the source
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": str(self.source), "out_dir": str(self.out_dir), "manifest": str(self.manifest),
@@ -74,7 +76,7 @@ class ExportResult:
                 "rows": [r.to_dict() for r in self.rows], "verification": self.verification,
                 "synthetic": self.synthetic, "calibration": self.calibration, "dynamic": self.dynamic,
                 "trt_message": self.trt_message,
-                "notes": self.notes}
+                "notes": self.notes, "kept": self.kept, "stale": self.stale}
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -178,16 +180,8 @@ def default_out_dir(source: str | Path) -> Path:
 
 
 def _publish(staging: Path, out_dir: Path, files: list[str]) -> None:
-    """Move verified files into ``out_dir`` (manifest last); drop artifacts an older manifest listed."""
-    old = out_dir / MANIFEST_NAME
-    if old.is_file():
-        try:
-            stale = {a.get("file") for a in json.loads(old.read_text()).get("artifacts", [])} - set(files)
-        except (OSError, ValueError, AttributeError):
-            stale = set()
-        for name in stale:
-            if name and Path(name).name == name and (out_dir / name).is_file():
-                (out_dir / name).unlink()
+    """Move verified files into ``out_dir`` (manifest last). Nothing else there is touched: files of earlier
+    exports stay, and the new manifest lists them (``manifest.carry_over``)."""
     mode = _file_mode()
     for name in [f for f in files if f != MANIFEST_NAME] + [MANIFEST_NAME]:
         os.chmod(staging / name, mode)  # temp files are created 0600; artifacts are meant to be copied around
@@ -308,6 +302,7 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
                                   artifacts=entries, verification=verification, calibration=calibration)
         if trt_message:
             manifest["tensorrt"] = {"built": False, "reason": trt_message}
+        kept, stale = carry_over(out_dir, manifest)
         write_manifest(staging / MANIFEST_NAME, manifest)
         _publish(staging, out_dir, list(published.values()) + [MANIFEST_NAME])
     except BaseException:
@@ -318,7 +313,7 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
     shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(src_path, out_dir, out_dir / MANIFEST_NAME, shape,
                         {k: out_dir / v for k, v in published.items()}, rows, v_src, synthetic, c_src, dynamic,
-                        trt_message, notes)
+                        trt_message, notes, kept, stale)
 
 
 def _op_types(path: Path) -> set[str]:

@@ -84,6 +84,45 @@ def build_manifest(*, source: Path, source_kind: str, generator: dict[str, Any],
     }
 
 
+def carry_over(out_dir: Path, manifest: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """Add to ``manifest`` the artifacts an earlier export left in ``out_dir`` that this one did not rebuild.
+
+    An export adds to or replaces only what it was asked for, so older files stay, listed as before. One
+    built from another source checkpoint or for another input shape is kept but marked ``stale`` (with the
+    reason), never deleted. Returns (kept file names, {stale file: reason}).
+    """
+    old_path = out_dir / MANIFEST_NAME
+    try:
+        old = json.loads(old_path.read_text()) if old_path.is_file() else None
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or not isinstance(old.get("artifacts"), list):
+        return [], {}
+    rebuilt = {a["file"] for a in manifest["artifacts"]} | {a["kind"] for a in manifest["artifacts"]}
+    old_sha = (old.get("source") or {}).get("sha256") if isinstance(old.get("source"), dict) else None
+    old_shape = (old.get("input") or {}).get("shape") if isinstance(old.get("input"), dict) else None
+    kept, stale = [], {}
+    for entry in old["artifacts"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            continue
+        name = entry["file"]
+        if name in rebuilt or entry.get("kind") in rebuilt or Path(name).name != name or not (out_dir / name).is_file():
+            continue
+        entry = dict(entry)
+        reason = entry.get("stale")
+        if old_sha != manifest["source"]["sha256"]:
+            reason = f"built from another source checkpoint (sha256 {str(old_sha)[:12]}, now {manifest['source']['sha256'][:12]})"
+        elif old_shape != manifest["input"]["shape"]:
+            reason = f"built for input {old_shape}, this export's input is {manifest['input']['shape']}"
+        if reason:
+            entry["stale"] = reason
+            entry.setdefault("input_shape", old_shape)
+            stale[name] = reason
+        manifest["artifacts"].append(entry)
+        kept.append(name)
+    return kept, stale
+
+
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
     write_json_atomic(path, manifest)
     return Path(path)
