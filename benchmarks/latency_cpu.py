@@ -49,7 +49,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Path]]:
     """Checkpoints, fp32 ONNX and INT8 QDQ ONNX for teacher and student."""
     import torch
 
-    from crdtool.bench.inputs import synthetic_images
+    from crdtool.data.synth import smooth_noise_images
     from crdtool.data.images import load_folder_tensor
     from crdtool.deploy.onnx import export_onnx
     from crdtool.deploy.optimize import optimize_for_cpu
@@ -59,7 +59,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Path]]:
 
     torch.manual_seed(0)
     calib = (load_folder_tensor(args.calib, args.size, args.calib_images) if args.calib
-             else synthetic_images(args.calib_images, args.size))
+             else smooth_noise_images(args.calib_images, args.size))
     out = {}
     for role, given, default in (("teacher", args.teacher, ("resnet", 64)), ("student", args.student,
                                                                               ("mobile_resnet", 16))):

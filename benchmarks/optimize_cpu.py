@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from crdtool.bench.env import cpu_info, current_command, library_versions, load_avg
-    from crdtool.bench.inputs import synthetic_images
+    from crdtool.data.synth import smooth_noise_images
     from crdtool.data.images import load_folder_tensor
     from crdtool.deploy import onnx as donnx
     from crdtool.deploy.optimize import DEFAULT_REWRITES, optimize_for_cpu
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     load_start = load_avg()
     torch.manual_seed(0)
-    images = (load_folder_tensor(args.images, args.size, 8) if args.images else synthetic_images(8, args.size))
+    images = (load_folder_tensor(args.images, args.size, 8) if args.images else smooth_noise_images(8, args.size))
     x = images[:1].numpy()
     doc = {"format_version": FORMAT_VERSION, "command": current_command(), "created": time.strftime("%FT%T%z"),
            "cpu": cpu_info(), "versions": library_versions(), "rewrites": list(DEFAULT_REWRITES),

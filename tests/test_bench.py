@@ -136,10 +136,10 @@ def test_ort_cpu_fidelity_and_precision(models, student_onnx, tmp_path):
     wrong = L.measure_latency(student_onnx, "ort-cpu", batch=2, size=SIZE, warmup="1", runs=2)
     assert not wrong.ok and "--batch 1" in wrong.error
     # INT8 QDQ: detected as int8, and its loss shows in the fidelity
-    from crdtool.bench.inputs import synthetic_images
+    from crdtool.data.synth import smooth_noise_images
     from crdtool.deploy.quantize import quantize_int8_qdq
 
-    q = quantize_int8_qdq(student_onnx, tmp_path / "student-int8.onnx", synthetic_images(4, SIZE))
+    q = quantize_int8_qdq(student_onnx, tmp_path / "student-int8.onnx", smooth_noise_images(4, SIZE))
     r8 = L.measure_latency(q, "ort-cpu", size=SIZE, warmup="1", runs=3, reference=str(s))
     assert r8.ok and r8.precision == "int8"
     assert r8.fidelity["max_abs"] > r.fidelity["max_abs"] and 10 < r8.fidelity["psnr_db"] < 80

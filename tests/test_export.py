@@ -22,7 +22,8 @@ from PIL import Image
 from crdtool.data.images import load_folder_tensor, to_uint8
 from crdtool.deploy import onnx as donnx
 from crdtool.deploy import quantize, tensorrt
-from crdtool.deploy.export import export_artifacts, input_images, synthetic_images
+from crdtool.data.synth import smooth_noise_images
+from crdtool.deploy.export import export_artifacts, input_images
 from crdtool.deploy.manifest import read_manifest, sha256_file
 from crdtool.errors import CrdError
 from crdtool.models import build_discriminator, build_generator
@@ -61,7 +62,7 @@ def dataset(tmp_path_factory) -> Path:
         train = load_folder_tensor(real / "trainA", 48, 24)
         test = load_folder_tensor(real / "testA", 48, 6)
     else:
-        train, test = synthetic_images(24, 48, seed=3), synthetic_images(6, 48, seed=4)
+        train, test = smooth_noise_images(24, 48, seed=3), smooth_noise_images(6, 48, seed=4)
     _write_images(root / "trainA", train)
     _write_images(root / "testA", test)
     return root
@@ -109,7 +110,7 @@ def test_every_family_exports_with_fp32_parity(tmp_path, name, kw):
     onnx.checker.check_model(str(path), full_check=True)
     graph = onnx.load(str(path)).graph
     assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 3, SIZE, SIZE]
-    x = synthetic_images(3, SIZE, seed=7)
+    x = smooth_noise_images(3, SIZE, seed=7)
     ref = donnx.reference_outputs(model, x)
     assert ref.std() > 0.05, "test model should produce non-trivial outputs"
     parity = donnx.verify_onnx(model, path, x, reference=ref)
@@ -121,7 +122,7 @@ def test_dynamic_export_runs_other_batch_and_sizes(tmp_path):
     path = donnx.export_onnx(model, tmp_path / "d.onnx", (1, 3, SIZE, SIZE), dynamic=True)
     sess = donnx.ort_session(path)
     assert [d if isinstance(d, int) else "sym" for d in sess.get_inputs()[0].shape] == ["sym", 3, "sym", "sym"]
-    x = synthetic_images(2, 48, seed=1)[:, :, :, :40]
+    x = smooth_noise_images(2, 48, seed=1)[:, :, :, :40]
     out = sess.run(None, {"input": x.numpy()})[0]
     assert out.shape == (2, 3, 48, 40)
     assert donnx.compare(donnx.reference_outputs(model, x), out).max_abs < donnx.FP32_MAX_ABS
@@ -198,10 +199,10 @@ def test_hoisting_qdq_above_pad_keeps_outputs(exported, tmp_path):
     fp32 = tmp_path / "m.onnx"
     model = _kaiming(build_generator("mobile_resnet", 8, n_blocks=1))
     donnx.export_onnx(model, fp32, (1, 3, SIZE, SIZE))
-    calib = synthetic_images(4, SIZE, seed=2)
+    calib = smooth_noise_images(4, SIZE, seed=2)
     a = quantize.quantize_int8_qdq(fp32, tmp_path / "a.onnx", calib, move_qdq_above_pad=False)
     b = quantize.quantize_int8_qdq(fp32, tmp_path / "b.onnx", calib, move_qdq_above_pad=True)
-    x = synthetic_images(2, SIZE, seed=5)
+    x = smooth_noise_images(2, SIZE, seed=5)
     np.testing.assert_allclose(donnx.run_onnx(a, x), donnx.run_onnx(b, x), atol=1e-5)
     assert quantize.count_ops(a, ["QuantizeLinear"]) == quantize.count_ops(b, ["QuantizeLinear"])
 
@@ -223,7 +224,7 @@ def test_fp16_keeps_nodes_with_out_of_range_values_fp32(tmp_path):
     with torch.no_grad():
         model.model[1].weight.mul_(1e5)  # first conv output far beyond float16's range
     fp32 = donnx.export_onnx(model, tmp_path / "m.onnx", (1, 3, SIZE, SIZE))
-    x = synthetic_images(2, SIZE, seed=3)
+    x = smooth_noise_images(2, SIZE, seed=3)
     half = quantize.convert_fp16(fp32, tmp_path / "h.onnx", sample_inputs=x)
     graph = onnx.load(str(half)).graph
     inits = {t.name: t.data_type for t in graph.initializer}
@@ -582,7 +583,7 @@ def test_build_engine_call_sequence_and_timing_cache(tmp_path):
     tensorrt.build_engine(onnx_path, tmp_path / "weak.engine", trt=_fake_tensorrt(calls, strongly_typed=False))
     assert ("create_network", 0) in calls and "create_timing_cache" not in [c[0] for c in calls]
 
-    out = tensorrt.run_engine(tmp_path / "m.fp32.engine", synthetic_images(2, SIZE), trt=trt, device="cpu")
+    out = tensorrt.run_engine(tmp_path / "m.fp32.engine", smooth_noise_images(2, SIZE), trt=trt, device="cpu")
     assert out.shape == (2, 3, SIZE, SIZE)
     assert ("execute_async_v3", 0) in calls and ("set_input_shape", "input", (1, 3, SIZE, SIZE)) in calls
 

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import torch
 
+from crdtool.data.synth import smooth_noise_images
 from crdtool.errors import CrdError
 
 
 def find_image_folder(path: str | Path, direction: str = "AtoB") -> Path:
-    """A folder of images itself, or a dataset root's test source split (testA/testB, test, val, ...)."""
+    """A folder of images itself, else a dataset root's test split (``data.splits.find_test_split``), else its
+    training images (train{A,B}/ or train/)."""
     from crdtool.data.images import IMAGE_EXTENSIONS
+    from crdtool.data.splits import find_test_split, source_side
 
     p = Path(path)
     if not p.is_dir():
@@ -25,11 +28,17 @@ def find_image_folder(path: str | Path, direction: str = "AtoB") -> Path:
 
     if has_images(p):
         return p
-    src = "A" if direction == "AtoB" else "B"
-    for sub in (f"test{src}", "test", "val", f"train{src}", "train"):
+    try:
+        split = find_test_split(p, direction)
+        if has_images(split.source):
+            return split.source
+    except CrdError:
+        pass
+    src = source_side(direction)
+    for sub in (f"train{src}", "train"):
         if has_images(p / sub):
             return p / sub
-    raise CrdError(f"no images in {p} nor in its test{src}/, test/, val/, train{src}/ or train/ folders")
+    raise CrdError(f"no images in {p} nor in its test{src}/, val{src}/, val/, test/, train{src}/ or train/ folders")
 
 
 def recipe_test_folder(artifact: str | Path) -> Path | None:
@@ -47,14 +56,6 @@ def recipe_test_folder(artifact: str | Path) -> Path | None:
         return None
 
 
-def synthetic_images(n: int, size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    """Deterministic image-like inputs in [-1, 1]: smooth low-frequency noise plus a little grain."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, channels, 6, 6, generator=g) * 2 - 1
-    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-    return (x + 0.05 * torch.randn(n, channels, size, size, generator=g)).clamp_(-1, 1)
-
-
 def input_pool(n_images: int, size: int, images: str | Path | None = None, artifact: str | Path | None = None,
                channels: int = 3) -> tuple[torch.Tensor, str]:
     """(N, C, size, size) inputs in [-1, 1] and a description of where they came from."""
@@ -68,4 +69,4 @@ def input_pool(n_images: int, size: int, images: str | Path | None = None, artif
             x = x.repeat((n_images + len(x) - 1) // len(x), 1, 1, 1)[:n_images]
         return x, desc
     desc = f"{n_images} synthetic smooth-noise images (seed 0, no image folder given)"
-    return synthetic_images(n_images, size, channels), desc
+    return smooth_noise_images(n_images, size, channels), desc

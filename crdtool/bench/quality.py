@@ -38,36 +38,30 @@ class EvalSplit:
 
 
 def eval_split(root: str | Path, direction: str = "AtoB") -> EvalSplit:
-    """testA/testB (unaligned) or test/ or val/ with A|B images (aligned) under ``root``."""
+    """The test split under ``root`` (``data.splits.find_test_split``) with its real target images."""
     from crdtool.data.images import list_images
+    from crdtool.data.splits import find_test_split
 
-    if direction not in ("AtoB", "BtoA"):
-        raise CrdError(f"direction must be AtoB or BtoA, got {direction!r}")
-    root = Path(root)
-    src, tgt = ("A", "B") if direction == "AtoB" else ("B", "A")
-    if (root / f"test{src}").is_dir() and (root / f"test{tgt}").is_dir():
-        return EvalSplit(list_images(root / f"test{src}"), list_images(root / f"test{tgt}"), False, direction,
-                         f"{root}/test{src} -> compared with {root}/test{tgt}")
-    for sub in ("test", "val"):
-        if (root / sub).is_dir():
-            files = list_images(root / sub)
-            return EvalSplit(files, files, True, direction, f"{root}/{sub} (A|B halves, {direction})")
-    raise CrdError(f"no test split under {root}: expected testA/ and testB/ (unaligned) or test/ or val/ (aligned A|B)")
-
-
-def _half(img: Image.Image, which: str) -> Image.Image:
-    w, h = img.size
-    return img.crop((0, 0, w // 2, h)) if which == "A" else img.crop((w // 2, 0, w, h))
+    split = find_test_split(root, direction)
+    if split.target is None:
+        raise CrdError(f"no test split under {root}: {split.source.name}/ has no {split.source.name[:-1]}"
+                       f"{'B' if split.side == 'A' else 'A'}/ of real target images next to it")
+    source = list_images(split.source)
+    if split.aligned:
+        return EvalSplit(source, source, True, direction, f"{split.source} (A|B halves, {direction})")
+    return EvalSplit(source, list_images(split.target), False, direction,
+                     f"{split.source} -> compared with {split.target}")
 
 
 def iter_split_images(files: list[Path], aligned: bool, side: str, n: int | None,
                       size: int | None = None) -> Iterator[tuple[Path, Image.Image]]:
     """(path, RGB image) of the first ``n`` readable files (the ``side`` half when aligned), resized to ``size``."""
     from crdtool.data.images import iter_readable
+    from crdtool.data.splits import aligned_half
 
     for p, img in iter_readable(files, n):
         if aligned:
-            img = _half(img, side)
+            img = aligned_half(img, side)
         if size is not None:
             img = img.resize((size, size), Image.BICUBIC)
         yield p, img

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from crdtool.data.aligned import AlignedDataset
+from crdtool.data.splits import TestSplit, find_test_split
 from crdtool.data.synth import make_synthetic_dataset, synth_matches
 from crdtool.data.unaligned import UnalignedDataset
 from crdtool.errors import CrdError
@@ -21,7 +22,8 @@ from crdtool.errors import CrdError
 Layout = Literal["unaligned", "aligned"]
 LAYOUTS = ("unaligned", "aligned")
 
-__all__ = ["AlignedDataset", "UnalignedDataset", "EpochBatchSampler", "build_dataset", "test_phase",
+__all__ = ["AlignedDataset", "UnalignedDataset", "EpochBatchSampler", "build_dataset", "test_phase", "TestSplit",
+           "find_test_split",
            "make_loader", "order_seed", "make_synthetic_dataset", "synth_matches", "LAYOUTS"]
 
 
@@ -42,15 +44,17 @@ def build_dataset(layout: Layout, root: str | Path, phase: str = "train", *, loa
 
 
 def test_phase(layout: Layout, root: str | Path) -> str:
-    """Folder name of the evaluation split: "test" (unaligned); "val", else "test" (aligned)."""
+    """Folder name of the evaluation split (``data.splits.find_test_split``'s rule).
+
+    Unaligned data without a test split gives "test": the dataset then names the missing folder.
+    """
     _check_layout(layout)
-    if layout == "unaligned":
-        return "test"
-    root = Path(root)
-    for phase in ("val", "test"):
-        if (root / phase).is_dir():
-            return phase
-    raise CrdError(f"no evaluation split in {root}: an aligned dataset needs {root / 'val'} or {root / 'test'}")
+    try:
+        return find_test_split(root, layout=layout).phase
+    except CrdError:
+        if layout == "unaligned":
+            return "test"
+        raise
 
 
 test_phase.__test__ = False  # not a pytest test, despite the name

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from crdtool.data.base import LayoutDataset
+from crdtool.data.splits import aligned_halves
 from crdtool.data.transforms import pair_transform, resolve_key, sample_rng
 
 LAYOUT = "an aligned dataset needs root/train and root/val (or root/test) of side-by-side A|B images (pix2pix layout)"
@@ -30,9 +31,7 @@ class AlignedDataset(LayoutDataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
         epoch, i = resolve_key(key, self.epoch, len(self))
         ab, path = self.files.load(i)
-        w, h = ab.size
-        half = w // 2
-        left, right = ab.crop((0, 0, half, h)), ab.crop((half, 0, w, h))
+        left, right = aligned_halves(ab)
         if self.direction == "BtoA":
             left, right = right, left
         rng = sample_rng(self.seed, epoch, i) if self.train else None

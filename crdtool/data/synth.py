@@ -187,3 +187,18 @@ def make_synthetic_dataset(out: str | Path, kind: Kind = "unpaired", size: int =
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def smooth_noise_images(n: int, size: int, channels: int = 3, seed: int = 0) -> "torch.Tensor":
+    """Deterministic image-like inputs in [-1, 1]: smooth low-frequency noise plus a little grain.
+
+    The last resort for export verification, INT8 calibration and benchmark inputs when no real image
+    is at hand; never zeros, since some kernels (denormals, sparse paths) run at other speeds on
+    constant inputs.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, channels, 6, 6, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    return (x + 0.05 * torch.randn(n, channels, size, size, generator=g)).clamp_(-1, 1)

@@ -3,8 +3,9 @@
 Everything is built in a hidden staging folder inside the output folder and moved into place only once every
 requested artifact has been verified, so a failed export (bad checkpoint, parity failure, full disk) leaves
 the output folder as it was. An export adds to or replaces only what it was asked for: files of earlier exports
-stay, listed in the new manifest, and marked stale when their source checkpoint or input shape has changed. An fp32 artifact that differs from PyTorch is refused; reduced-precision ones
-are measured (PSNR against the PyTorch fp32 output) and flagged when low.
+stay, listed in the new manifest, and marked stale when their source checkpoint or input shape has changed.
+An fp32 artifact that differs from PyTorch is refused; reduced-precision ones are measured (PSNR against the
+PyTorch fp32 output) and flagged when low.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crdtool.data.images import BadImageError, list_images, load_folder_tensor, load_image, to_tensor
+from crdtool.data.images import iter_readable, list_images, load_folder_tensor, to_tensor
+from crdtool.data.splits import aligned_half, find_test_split, source_side
+from crdtool.data.synth import smooth_noise_images
 from crdtool.deploy import onnx as onnx_mod
 from crdtool.deploy import optimize, quantize, tensorrt
 from crdtool.deploy.manifest import MANIFEST_NAME, ArtifactEntry, build_manifest, carry_over, sha256_file, write_manifest
@@ -84,43 +87,25 @@ class ExportResult:
 def input_images(recipe: Any, split: str, n: int | None, size: int) -> tuple[torch.Tensor, Path]:
     """The generator's input domain from a recipe's dataset: (N, 3, size, size) in [-1, 1] and the folder.
 
-    Unaligned: root/testA (or valA) for "test", root/trainA for "train" (B for direction BtoA).
-    Aligned (A|B side by side): root/val or root/test, root/train; the left half is A.
+    "test": the evaluation split (``data.splits.find_test_split``); "train": root/train{A,B} (unaligned)
+    or root/train (aligned A|B files, whose input half is taken).
     """
     data = recipe.data
-    root, side = Path(data.root), ("A" if data.direction == "AtoB" else "B")
+    root, side = Path(data.root), source_side(data.direction)
     aligned = data.layout == "aligned"
     if split == "train":
-        names = ["train"] if aligned else [f"train{side}"]
+        folder = root / ("train" if aligned else f"train{side}")
+        if not folder.is_dir():
+            raise CrdError(f"no train images for the recipe: {folder} does not exist")
     else:
-        names = ["val", "test"] if aligned else [f"test{side}", f"val{side}"]
-    folder = next((root / name for name in names if (root / name).is_dir()), None)
-    if folder is None:
-        raise CrdError(f"no {split} images for the recipe: none of {', '.join(str(root / n_) for n_ in names)} exists")
+        folder = find_test_split(root, data.direction, data.layout).source
     if not aligned:
         return load_folder_tensor(folder, size, n), folder
-    out = []
-    for path in list_images(folder):
-        if n is not None and len(out) >= n:
-            break
-        try:
-            ab = load_image(path)
-        except BadImageError:
-            continue
-        w, h = ab.size
-        half = ab.crop((0, 0, w // 2, h)) if side == "A" else ab.crop((w // 2, 0, w, h))
-        out.append(to_tensor(half.resize((size, size), Image.BICUBIC)))
+    out = [to_tensor(aligned_half(ab, side).resize((size, size), Image.BICUBIC))
+           for _, ab in iter_readable(list_images(folder), n)]
     if not out:
         raise CrdError(f"no readable images in {folder}")
     return torch.stack(out), folder
-
-
-def synthetic_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Deterministic smooth colour fields in [-1, 1]: a last resort when no real image is available."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, 8, 8, generator=g) * 2 - 1
-    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    return (fine + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(-1, 1)
 
 
 def _load_run_recipe(run_dir: Path | None, notes: list[str]):
@@ -158,14 +143,14 @@ def _verification_and_calibration(images: str | Path | torch.Tensor | None, reci
             notes.append(f"recipe training images unavailable ({e})")
     synthetic = verify is None
     if synthetic:
-        verify, v_src = synthetic_images(n_verify, size), "synthetic (no --images and no recipe dataset)"
+        verify, v_src = smooth_noise_images(n_verify, size), "synthetic (no --images and no recipe dataset)"
         notes.append("verification used SYNTHETIC inputs: pass --images FOLDER for a real check")
     if need_calib and calib is None:
         if isinstance(images, torch.Tensor) or images is not None:
             calib, c_src = (images.float()[:n_calib] if isinstance(images, torch.Tensor)
                             else load_folder_tensor(images, size, n_calib)), f"{v_src} (the verification images)"
         else:
-            calib, c_src = synthetic_images(n_calib, size, seed=1), "synthetic"
+            calib, c_src = smooth_noise_images(n_calib, size, seed=1), "synthetic"
             notes.append("INT8 calibration used SYNTHETIC inputs: its scales may not fit real images")
     return verify, v_src, synthetic, calib, c_src
 
