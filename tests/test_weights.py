@@ -1,0 +1,147 @@
+"""Reference weights: the Keras VGG-19 reader and its Caffe preprocessing, VGG files of every kind
+through one loader, and ``crdtool weights get`` (pip faked) with its cache and recipe ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crdtool.errors import CrdError
+from crdtool.losses.perceptual import (CAFFE_BGR, CAFFE_BGR_MEAN, UNIT_RGB, VGG16, VGG19, PerceptualLoss,
+                                       VGG16Features, VGGFeatures, load_vgg, read_keras_vgg, save_vgg)
+
+
+def write_keras_h5(path, widths, seed=0, include_top_group=False):
+    """A Keras-layout VGG ``.h5``: groups ``blockB_convK`` holding ``<name>_W_1:0`` (H, W, in, out) and
+    ``<name>_b_1:0``, a ``layer_names`` attribute, pool layers without weights (tiny widths)."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    per_block = [2, 2, 4, 4, 4] if len(widths) == 16 else [2, 2, 3, 3, 3]
+    kernels = {}
+    with h5py.File(path, "w") as f:
+        names, i, in_ch = [], 0, 3
+        for b, n in enumerate(per_block, 1):
+            for k in range(1, n + 1):
+                name = f"block{b}_conv{k}"
+                g = f.create_group(name)
+                w = rng.standard_normal((3, 3, in_ch, widths[i])).astype("float32")
+                bias = rng.standard_normal(widths[i]).astype("float32")
+                g.create_dataset(f"{name}_W_1:0", data=w)
+                g.create_dataset(f"{name}_b_1:0", data=bias)
+                g.attrs["weight_names"] = [f"{name}_W_1:0".encode(), f"{name}_b_1:0".encode()]
+                kernels[name] = (w, bias)
+                names.append(name)
+                in_ch = widths[i]
+                i += 1
+            f.create_group(f"block{b}_pool").attrs["weight_names"] = np.array([])
+            names.append(f"block{b}_pool")
+        if include_top_group:
+            f.create_group("fc1")
+        f.attrs["layer_names"] = [n.encode() for n in names]
+    return kernels
+
+
+def test_keras_h5_read_with_kernel_transpose(tmp_path):
+    widths = [2, 3, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 2, 2, 2, 2]
+    kernels = write_keras_h5(tmp_path / "tiny.h5", widths)
+    config, state = read_keras_vgg(tmp_path / "tiny.h5")
+    assert config is VGG19 and len(state) == 32
+    assert state["features.0.weight"].shape == (2, 3, 3, 3) and state["features.2.weight"].shape == (3, 2, 3, 3)
+    assert state["features.16.weight"].shape == (5, 5, 3, 3)  # block3_conv4 at torchvision's index 16
+    assert state["features.34.bias"].shape == (2,)  # block5_conv4, the last conv
+    # conv1_2 on a random input, by hand from the Keras kernel (H, W, in, out), cross-correlation
+    w, b = kernels["block1_conv2"]
+    x = torch.randn(1, 2, 5, 6)
+    got = F.conv2d(x, state["features.2.weight"], state["features.2.bias"], padding=1)[0]
+    xp = np.pad(x[0].numpy(), ((0, 0), (1, 1), (1, 1)))
+    want = np.zeros((3, 5, 6), dtype=np.float64)
+    for o in range(3):
+        for i in range(5):
+            for j in range(6):
+                want[o, i, j] = b[o] + sum(w[h, v, c, o] * xp[c, i + h, j + v]
+                                           for h in range(3) for v in range(3) for c in range(2))
+    assert np.allclose(got.numpy(), want, atol=1e-4)
+
+
+def test_keras_h5_wrong_layer_count_is_one_line(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "odd.h5", "w") as f:
+        f.create_group("block1_conv1").create_dataset("k", data=np.zeros((3, 3, 3, 2), "float32"))
+    with pytest.raises(CrdError, match=r"odd\.h5: expected the 13 \(VGG-16\) or 16 \(VGG-19\)"):
+        read_keras_vgg(tmp_path / "odd.h5")
+
+
+def test_caffe_preprocessing_constants():
+    vgg = VGGFeatures(VGG19, CAFFE_BGR, 1 / 255)
+    rgb = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)  # R = 0, G = 127.5, B = 255 on the 0..255 scale
+    got = vgg.preprocess(rgb).flatten().tolist()
+    assert CAFFE_BGR_MEAN == (103.939, 116.779, 123.68)
+    assert got == pytest.approx([255 - 103.939, 127.5 - 116.779, 0 - 123.68], abs=1e-4)  # B, G, R
+    assert VGG16Features().preprocess(rgb).flatten().tolist() == [0.0, 0.5, 1.0]
+
+
+def _random_vgg19_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    net = VGGFeatures(VGG19)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            torch.nn.init.uniform_(m.bias, -0.1, 0.1)
+    state = dict(net.state_dict())
+    for i in (28, 30, 32, 34):  # block 5: in the files, never computed
+        state[f"features.{i}.weight"] = torch.zeros(512, 512, 3, 3)
+        state[f"features.{i}.bias"] = torch.zeros(512)
+    return state
+
+
+def test_converted_vgg19_safetensors_carries_its_preprocessing(tmp_path):
+    state = _random_vgg19_state()
+    path = save_vgg(VGG19, state, tmp_path / "vgg19.safetensors", CAFFE_BGR, 1 / 255, source="test")
+    vgg = load_vgg(path)
+    assert vgg.config is VGG19 and vgg.preprocessing == CAFFE_BGR and vgg.feature_scale == pytest.approx(1 / 255)
+    assert list(vgg.features.state_dict())[-1] == "25.bias"  # up to conv4_4 (relu4_4 = index 26)
+    assert torch.equal(vgg.state_dict()["features.25.weight"], state["features.25.weight"])
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    taps = vgg(vgg.preprocess(x))
+    assert list(taps) == ["relu1_2", "relu2_2", "relu3_4", "relu4_4"]
+    raw = VGGFeatures(VGG19, CAFFE_BGR, 1.0)
+    raw.load_state_dict(vgg.state_dict())
+    assert torch.allclose(taps["relu2_2"] * 255, raw(raw.preprocess(x))["relu2_2"], rtol=1e-5, atol=1e-4)
+    style, feature = PerceptualLoss(vgg)(x.flip(3), x)
+    assert float(style) > 0 and float(feature) > 0
+    # a torchvision-layout vgg19 state dict (no crdtool metadata) is VGG-19 with the reference's input
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "tv19.safetensors"))
+    tv = load_vgg(tmp_path / "tv19.safetensors")
+    assert tv.config is VGG19 and tv.preprocessing == UNIT_RGB and tv.feature_scale == 1.0
+
+
+def test_vgg16_torchvision_path_unchanged(tmp_path):
+    torch.manual_seed(0)
+    vgg = VGG16Features()
+    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, tmp_path / "vgg16.pth")
+    loaded = load_vgg(tmp_path / "vgg16.pth")
+    assert loaded.config is VGG16 and loaded.preprocessing == UNIT_RGB
+    assert list(loaded(torch.rand(1, 3, 16, 16))) == ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
+
+
+def test_missing_vgg_names_the_weights_command(tmp_path):
+    with pytest.raises(CrdError, match="crdtool weights get vgg19"):
+        load_vgg(tmp_path / "none.h5")
+
+
+def test_real_vgg19_when_cached():
+    from crdtool import weights
+    from crdtool.models.checkpoints import read_safetensors
+
+    path = weights.cached_path("vgg19")
+    if path is None:
+        pytest.skip("vgg19 weights not in the cache (crdtool weights get vgg19)")
+    state, meta = read_safetensors(path)
+    assert len(state) == 32 and sum(v.numel() for v in state.values()) == 20_024_384
+    vgg = load_vgg(path)
+    assert vgg.config is VGG19 and vgg.preprocessing == CAFFE_BGR
