@@ -62,6 +62,9 @@ class GeneratorConfig(RecipeSection):
     norm: Optional[Literal["instance", "batch", "none"]] = None
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     checkpoint: Optional[Path] = Field(None, description="teacher only: load pretrained weights instead of training")
+    batchnorm_stats: Literal["batch", "running"] = Field("batch", description=(
+        "pretrained teacher with BatchNorm: normalise with each batch's statistics, as the official pix2pix "
+        "test.py does without --eval (default), or with the saved running statistics, as with --eval"))
 
     def spec(self) -> GeneratorSpec:
         if self.arch.endswith(".json"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -79,8 +78,43 @@ class DistillResult:
 
 
 def linear_decay(epoch: int, constant: int, decay: int) -> float:
-    """pix2pix 'linear' policy: 1 for ``constant`` epochs, then linearly towards 0 over ``decay``."""
-    return 1.0 - max(0, epoch - constant) / float(decay + 1)
+    """The reference's 'linear' LambdaLR factor for 0-based ``epoch``.
+
+    The reference computes ``1 - max(0, epoch + epoch_count - n_epochs) / (n_epochs_decay + 1)`` with
+    epoch_count = 1, so with 100 + 100 epochs the factor is 1.0 through epoch index 99, 0.990 at
+    index 100 (the 101st epoch) and 0.0099 at index 199 (the 200th).
+    """
+    return 1.0 - max(0, epoch + 1 - constant) / float(decay + 1)
+
+
+class _BatchStatsNorm2d(nn.BatchNorm2d):
+    """BatchNorm that normalises with the batch's own statistics in train and eval mode alike.
+
+    What the official pix2pix test.py does without --eval (the model stays in train mode), minus its
+    side effects: the running statistics are neither used nor updated, so the saved teacher is unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def use_batch_statistics(module: nn.Module) -> int:
+    """Switch ``module``'s BatchNorm2d layers to batch statistics in place (same weights and state-dict keys).
+
+    Eval mode stays as it is for everything else (e.g. no dropout), so every caller that puts the
+    teacher in eval() (training step, evaluation, caches) sees the same teacher. Returns how many layers.
+    """
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = _BatchStatsNorm2d  # a method override only: parameters and buffers stay
+            n += 1
+    return n
+
+
+def _rank_prefix(rank: int) -> str:
+    """Checkpoint key prefix of a rank's own state (rank 0's keys are unprefixed, as in a 1-process run)."""
+    return "" if rank == 0 else f"rank{rank}."
 
 
 def set_requires_grad(modules: list[nn.Module | None], flag: bool) -> None:
@@ -98,14 +132,12 @@ class Distiller:
         self.r = recipe
         t = recipe.train
         self.rt = runtime or Runtime.create(t.device, t.precision,
-                                            {"auto": "auto", "on": True, "off": False}[t.channels_last], t.compile)
+                                            {"auto": "auto", "on": True, "off": False}[t.channels_last], t.compile,
+                                            threads=t.threads)
+        self.rt.setup()  # threads, this rank's GPU, the process group
         self.run_dir = Path(run_dir or recipe.run_dir)
         self.on_progress = on_progress or (lambda info: None)
-        if t.threads is not None:
-            torch.set_num_threads(t.threads)
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.is_main = self.rank == 0
+        self.rank, self.world, self.is_main = self.rt.rank, self.rt.world_size, self.rt.is_main
         self.progress = Progress()
         self._stop_signal: int | None = None
         self._first_eval: dict[str, Any] | None = None
@@ -132,7 +164,7 @@ class Distiller:
         from crdtool.losses import CRDLoss, GANLoss, InstanceRKDLoss, PerceptualLoss, load_vgg16
 
         r, rt = self.r, self.rt
-        torch.manual_seed(r.seed)
+        rt.seed_everything(r.seed)
         d = r.data
         self.pix2pix = r.task == "pix2pix"
         self.pretrained = r.teacher.checkpoint is not None
@@ -168,6 +200,8 @@ class Distiller:
         if self.pretrained:
             self.G_A.eval()
             set_requires_grad([self.G_A], False)
+            if r.teacher.batchnorm_stats == "batch":
+                use_batch_statistics(self.G_A)
         self.best_G_A: nn.Module | None = None  # frozen copy when teacher_select = "fid"
 
         # losses
@@ -225,51 +259,26 @@ class Distiller:
         return phases
 
     def _wrap_distributed(self) -> None:
-        """Data parallel over ranks (gloo on CPU, NCCL on GPU).
+        """Data parallel over ranks; the Runtime owns the process group (gloo on CPU, NCCL on GPU).
 
         The student, one forward per step, is wrapped in DDP. The online teacher's generators and
         discriminators are called several times per backward (CycleGAN: G_A on real A, on fake A and
         for identity), which DDP's reducer does not allow; their gradients are averaged with one
-        flattened all-reduce per optimizer step instead (``_sync_grads``), the same arithmetic.
+        flattened all-reduce per optimizer step instead (``Runtime.all_reduce_grads``), the same arithmetic.
         """
         self.fwd = {name: getattr(self, name) for name in ("G_A", "G_B", "student", "D_A", "D_B")}
-        if self.world <= 1:
+        if not self.rt.distributed:
             return
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if self.rt.is_cuda else "gloo")
-        dev = [self.rt.device.index] if self.rt.is_cuda else None
-        self.fwd["student"] = DDP(self.student, device_ids=dev, broadcast_buffers=False)
+        self.fwd["student"] = self.rt.wrap_ddp(self.student)
         # identical initial weights on every rank (each rank seeded alike, but be explicit)
         for m in (self.G_A, self.G_B, self.D_A, self.D_B):
             if m is not None:
-                for t in m.state_dict().values():
-                    dist.broadcast(t, 0)
-
-    def _sync_grads(self, opt: torch.optim.Optimizer | None) -> None:
-        """Average the gradients of ``opt``'s parameters across ranks (no-op on one process)."""
-        if self.world <= 1 or opt is None:
-            return
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= self.world
-        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            g.copy_(synced)
+                self.rt.broadcast_module(m)
 
     def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if opt is not self.opt_S:  # the student's DDP wrapper already averaged its gradients
-            self._sync_grads(opt)
-        opt.step()
+        name = next(n for n in ("opt_S", "opt_G", "opt_D") if getattr(self, n) is opt)
+        # the student's DDP wrapper already averaged its gradients; the others are averaged here
+        self.rt.backward_step(name, opt, loss, all_reduce=opt is not self.opt_S)
 
     # ------------------------------------------------------------------ data
     def _batches(self, kind: str, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -280,10 +289,10 @@ class Distiller:
         key = epoch if kind != "student" else 1_000_000 + epoch  # student epochs draw other crops/orders
         yield from make_loader(self.train_set, d.batch_size, shuffle=True, seed=self.r.seed, epoch=key,
                                num_workers=d.num_workers, skip_batches=start, pin_memory=self.rt.is_cuda,
-                               rank=self.rank, world_size=self.world)
+                               rank=self.rt.rank, world_size=self.rt.world_size)
 
     def _epoch_len(self) -> int:
-        return (len(self.train_set) // self.world) // self.r.data.batch_size
+        return (len(self.train_set) // self.rt.world_size) // self.r.data.batch_size
 
     # ------------------------------------------------------------------ steps
     def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], opts: list) -> bool:
@@ -433,11 +442,15 @@ class Distiller:
     def _set_lrs(self, phase: Phase) -> None:
         t, p = self.r.train, self.progress
         lr_t = t.lr * linear_decay(p.teacher_epoch, t.teacher_epochs, t.teacher_epochs_decay)
-        n = self.student_total_epochs
         if phase.kind == "joint":
             lr_s = lr_t
-        else:
+        elif self.pretrained:  # no teacher epochs: the student's own schedule, half constant, half decay
+            n = self.student_total_epochs
             lr_s = t.lr * linear_decay(p.student_epoch, n // 2, n - n // 2)
+        else:
+            # online CycleGAN teacher: as in the reference, the student follows the teacher's schedule;
+            # a student round uses the rate of the teacher epoch it follows
+            lr_s = t.lr * linear_decay(max(p.teacher_epoch - 1, 0), t.teacher_epochs, t.teacher_epochs_decay)
         for opt, lr in ((self.opt_G, lr_t), (self.opt_S, lr_s), (self.opt_D, lr_t)):
             if opt is not None:
                 for g in opt.param_groups:
@@ -469,9 +482,16 @@ class Distiller:
                 # where D's initial weights came from does not matter once a checkpoint holds them
                 "discriminator": r.discriminator.model_dump(mode="json", exclude={"checkpoint"}),
                 "pretrained": self.pretrained,
-                "seed": r.seed, "batch_size": r.data.batch_size, "world_size": self.world}
+                "seed": r.seed, "batch_size": r.data.batch_size, "world_size": self.rt.world_size}
 
-    def snapshot(self) -> ckpt.Snapshot:
+    def _pool_tensors(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        self.pool_A.pack("A", out, {})
+        self.pool_B.pack("B", out, {})
+        return out
+
+    def snapshot(self, rank_pools: list[dict[str, torch.Tensor]] | None = None) -> ckpt.Snapshot:
+        """Everything a resume needs; ``rank_pools`` are every rank's image pools (they differ per data shard)."""
         snap = ckpt.Snapshot()
         for name in ("G_A", "G_B", "student", "D_A", "D_B", "best_G_A"):
             m = getattr(self, name)
@@ -481,9 +501,10 @@ class Distiller:
             opt = getattr(self, name)
             if opt is not None:
                 ckpt.pack_optimizer(name, opt, snap)
-        self.pool_A.pack("A", snap.tensors, snap.state)
-        self.pool_B.pack("B", snap.tensors, snap.state)
-        ckpt.capture_rng(snap)
+        for k, pools in enumerate(rank_pools or [self._pool_tensors()]):
+            snap.tensors.update({_rank_prefix(k) + key: t for key, t in pools.items()})
+        ckpt.capture_rng(snap)  # rank 0's; every rank is seeded alike and draws alike from the global RNG
+        ckpt.pack_scalers(self.rt.scaler_state(), snap)
         snap.state["progress"] = self.progress.__dict__.copy()
         snap.state["fingerprint"] = self.fingerprint()
         return snap
@@ -509,15 +530,21 @@ class Distiller:
             opt = getattr(self, name)
             if opt is not None:
                 ckpt.unpack_optimizer(name, opt, snap)
-        self.pool_A.unpack("A", snap.tensors, self.rt.device)
-        self.pool_B.unpack("B", snap.tensors, self.rt.device)
+        prefix = _rank_prefix(self.rt.rank)
+        pools = {k[len(prefix):]: t for k, t in snap.tensors.items() if k.startswith(prefix + "pool.")}
+        self.pool_A.unpack("A", pools, self.rt.device)
+        self.pool_B.unpack("B", pools, self.rt.device)
         ckpt.restore_rng(snap)
+        self.rt.load_scaler_state(ckpt.unpack_scalers(snap))
         self.progress = Progress(**snap.state["progress"])
 
     def save(self) -> None:
+        """Called on every rank (it gathers their image pools); only rank 0 writes."""
+        rank_pools = self.rt.gather_to_main(self._pool_tensors())
         if not self.is_main:
             return
-        ckpt.save_checkpoint(self.run_dir, self.progress.step, self.snapshot(), keep=self.r.train.keep_checkpoints)
+        ckpt.save_checkpoint(self.run_dir, self.progress.step, self.snapshot(rank_pools),
+                             keep=self.r.train.keep_checkpoints)
         self.export_generators()
 
     def export_generators(self) -> None:
@@ -563,7 +590,7 @@ class Distiller:
     # ------------------------------------------------------------------ main loop
     def total_steps(self) -> int:
         per_epoch = self._epoch_len()
-        return sum(ph.epochs * per_epoch * (2 if ph.kind == "joint" else 1) for ph in self.phases)
+        return sum(ph.epochs * per_epoch for ph in self.phases)  # a joint step is one step
 
     def _handle_signal(self, signum, frame) -> None:
         self._stop_signal = signum
@@ -641,13 +668,15 @@ class Distiller:
                     if is_student and p.student_steps % t.eval_every == 0:
                         self.evaluate()
                     done = t.max_steps is not None and p.student_steps >= t.max_steps
-                    if done or self._stop_signal is not None:
+                    # a signal may reach the ranks at different steps: stop together, or the collectives hang
+                    stop = self.rt.any_rank(self._stop_signal is not None)
+                    if done or stop:
                         if p.batch_in_epoch >= self._epoch_len():
                             self._end_epoch(phase)
                         self.save()
                         if done and self._last_eval_step() != p.step:
                             self.evaluate()
-                        return self._stop_signal is not None
+                        return stop
                     if p.step - last_ckpt_step >= t.checkpoint_every:
                         self.save()
                         last_ckpt_step = p.step

@@ -169,3 +169,13 @@ def load_module_weights(prefix: str, module: torch.nn.Module, snap: Snapshot, so
     p = prefix + "."
     state = {k[len(p):]: v for k, v in snap.weights.items() if k.startswith(p)}
     load_state_strict(module, state, f"{source} ({prefix})")
+
+
+def pack_scalers(states: dict[str, dict[str, Any]], snap: Snapshot) -> None:
+    """fp16 GradScaler states (scale, growth tracker) per optimizer: a resume continues the same scale."""
+    if states:
+        snap.state["grad_scalers"] = {name: dict(st) for name, st in states.items()}
+
+
+def unpack_scalers(snap: Snapshot) -> dict[str, dict[str, Any]]:
+    return snap.state.get("grad_scalers", {})
