@@ -134,7 +134,6 @@ def main() -> None:
     ap.add_argument("--no-compile", dest="compile", action="store_false",
                     help="skip the torch.compile variants (~3 min of compiling on 2 CPU cores)")
     args = ap.parse_args()
-    os.environ["CRDTOOL_QUIET"] = "1"
     # compile times are reported: make them a cold start's, unless the caller chose a cache on purpose
     compile_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if args.compile and compile_cache is None:

@@ -387,7 +387,6 @@ def evaluate_generator(s: Settings, dataset: str, gen_path: Path, teacher_path: 
 
 
 def _worker_init(threads: int) -> None:
-    os.environ.setdefault("CRDTOOL_QUIET", "1")
     _set_threads(threads)
 
 

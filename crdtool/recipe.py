@@ -181,10 +181,13 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     return recipe
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """pydantic's first error as one line naming the file and the dotted key (shared by every recipe kind)."""
+def format_validation_error(err: ValidationError, source: str, overrides: dict[str, Any] | None = None) -> str:
+    """pydantic's first error as one line naming the file and the dotted key (shared by every recipe kind);
+    a key that came from ``--set`` (``overrides``) is blamed on the command line, not on the file."""
     e = err.errors()[0]
     loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    given_by = next((k for k in overrides or {} if loc == k or loc.startswith(k + ".")), None)
+    where = source if given_by is None else f"--set {given_by}={overrides[given_by]}"
     if e["type"] == "extra_forbidden":
         msg = f"unknown key '{loc}'"
     elif e["type"] == "missing":
@@ -194,14 +197,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
         msg = f"bad value for '{loc}'{shown}: {e['msg'].removeprefix('Value error, ')}"
     more = len(err.errors()) - 1
-    return f"{source}: {msg}" + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else "")
+    return (f"{where}: {msg}" + (f" (recipe {source})" if given_by is not None else "")
+            + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""))
 
 
-def parse_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | None = None) -> Recipe:
+def parse_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise CrdError(format_validation_error(e, source)) from None
+        raise CrdError(format_validation_error(e, source, overrides)) from None
     recipe.source = Path(source) if source != "<recipe>" else None
     return _resolve_paths(recipe, base or Path.cwd())
 
@@ -227,7 +232,7 @@ def read_toml(path: str | Path, overrides: dict[str, Any] | None = None) -> dict
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read and validate a TOML recipe; ``overrides`` are dotted keys, e.g. ``{"train.max_steps": 10}``."""
     path = Path(path)
-    return parse_recipe(read_toml(path, overrides), str(path), path.parent.resolve())
+    return parse_recipe(read_toml(path, overrides), str(path), path.parent.resolve(), overrides)
 
 
 def dump_toml(data: dict[str, Any]) -> str:

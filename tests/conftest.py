@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("CRDTOOL_QUIET", "1")
 # Tests use tiny models (32-64 px, a few channels): one thread is fastest for them, and immune to a busy
 # machine (OpenMP threads waiting on a core another process holds made steps 20x slower). Subprocesses too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

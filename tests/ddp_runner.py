@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-os.environ.setdefault("CRDTOOL_QUIET", "1")
 
 
 def main() -> int:

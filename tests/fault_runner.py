@@ -16,7 +16,6 @@ import sys
 import torch
 
 torch.set_num_threads(1)
-os.environ.setdefault("CRDTOOL_QUIET", "1")
 
 
 def main() -> int:

@@ -148,3 +148,74 @@ def test_export_adds_to_an_export_and_never_deletes(student_file, tmp_path, monk
     assert "another source checkpoint" in listed["student.int8.onnx"]["stale"]
     assert "stale" not in listed["student.onnx"]
     assert "stale: student.int8.onnx" in again.output
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+@pytest.mark.slow  # a real export (dynamo) first: ~30 s on a busy 2-core host
+def test_bench_reads_the_size_from_the_artifact(student_file, tmp_path):
+    out = tmp_path / "export"
+    exported = invoke("export", str(student_file), "--size", "32", "-o", str(out))
+    assert exported.exit_code == 0, exported.output
+    onnx_file = out / "student.onnx"
+    fast = ["--runs", "3", "--warmup", "1", "--no-isolate", "--json", str(tmp_path / "b.json")]
+
+    res = invoke("bench", str(onnx_file), *fast)
+    assert res.exit_code == 0, res.output
+    import json
+
+    (row,) = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert row["error"] is None and row["size"] == 32 and row["macs"]
+
+    wrong = invoke("bench", str(onnx_file), "--size", "64", *fast)
+    assert wrong.exit_code == 1
+    assert wrong.output.strip() == ("error: --size 64 does not fit student.onnx: its input is fixed at 32x32 "
+                                    "(omit --size, or export with --dynamic)")
+    odd = invoke("bench", str(student_file), "--size", "50", *fast)
+    assert odd.exit_code == 1 and odd.output.strip() == ("error: --size 50 must be a positive multiple of 4 for "
+                                                         "student.safetensors")
+
+
+# ------------------------------------------------------------------------------------------ help, version
+
+def test_version_prints_the_version():
+    import crdtool
+
+    res = invoke("--version")
+    assert res.exit_code == 0 and res.output.strip() == f"crdtool {crdtool.__version__}"
+
+
+def test_help_texts_keep_brackets_and_promise_only_what_exists():
+    from crdtool.metrics.fid import FID_INSTALL_HINT
+
+    bench_help = " ".join(invoke("bench", "--help").output.split())
+    assert FID_INSTALL_HINT in bench_help  # pip install "crdtool[fid]"
+    assert "Accept [budget*(1-window), budget]" in " ".join(invoke("search", "--help").output.split())
+    assert "inspect" not in invoke("data", "--help").output and "inspect" not in invoke("--help").output
+    for command in ("distill", "export", "bench", "quickstart", "profile", "search"):
+        assert "<bool>" not in invoke(command, "--help").output
+
+
+def test_fid_error_gives_the_same_install_hint(tmp_path):
+    from crdtool.metrics.fid import FID_INSTALL_HINT
+
+    res = invoke("fid-stats", str(tmp_path), "-o", str(tmp_path / "s.npz"), "--inception-weights",
+                 str(tmp_path / "missing.pt"))
+    assert res.exit_code == 1 and FID_INSTALL_HINT in res.output
+
+
+def test_set_errors_name_the_command_line_not_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_tiny_recipe(tmp_path)
+    res = invoke("distill", str(recipe), "--set", "train.lrr=1")
+    assert res.exit_code == 1
+    assert res.output.strip() == f"error: --set train.lrr=1: unknown key 'train.lrr' (recipe {recipe})"
+
+
+def test_profile_of_a_run_folder_uses_its_training_size(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_tiny_recipe(tmp_path, max_steps=1)
+    assert invoke("distill", str(recipe)).exit_code == 0
+    res = invoke("profile", "runs/tiny")
+    assert res.exit_code == 0, res.output
+    assert "1x3x32x32" in res.output and "256" not in res.output

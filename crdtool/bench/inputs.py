@@ -64,7 +64,11 @@ def input_pool(n_images: int, size: int, images: str | Path | None = None, artif
     folder = find_image_folder(images) if images else (recipe_test_folder(artifact) if artifact else None)
     if folder is not None and channels == 3:
         x = load_folder_tensor(folder, size, n_images)
-        desc = f"{len(x)} real images from {folder}, bicubic-resized to {size}x{size}"
+        from crdtool.data.synth import MANIFEST as SYNTH_MANIFEST
+
+        made = (folder.parent / SYNTH_MANIFEST).is_file()  # a dataset `crdtool data synth` generated
+        desc = (f"{len(x)} {'generated (crdtool data synth)' if made else 'real'} images from {folder}, "
+                f"bicubic-resized to {size}x{size}")
         if len(x) < n_images:
             x = x.repeat((n_images + len(x) - 1) // len(x), 1, 1, 1)[:n_images]
         return x, desc

@@ -283,7 +283,7 @@ def measure_latency(artifact: str | Path | BenchSpec, backend: str = "auto", bat
 
 def _run_worker(spec: BenchSpec, timeout_s: float | None) -> LatencyResult:
     cmd = [sys.executable, "-m", "crdtool.bench.latency", "--worker", spec.to_json()]
-    env = {**os.environ, "CRDTOOL_QUIET": "1"}
+    env = dict(os.environ)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -350,12 +350,13 @@ def bench_artifacts(artifacts: Sequence[str | Path | BenchSpec], backends: Seque
                 result = LatencyResult(spec.artifact, spec.name or Path(spec.artifact).name, "?", spec.backend, "?",
                                        spec.batch, spec.size, error=error)
             pkey = (spec.reference or spec.artifact, spec.size)
-            if pkey not in profiles:
+            if result.ok and pkey not in profiles:  # a failed row shows no MACs (they were for a size it lacks)
                 try:
                     profiles[pkey] = artifact_profile(spec.artifact, spec.size, spec.reference)
                 except CrdError:
                     profiles[pkey] = (None, None)
-            result.macs, result.params = profiles[pkey]
+            if result.ok:
+                result.macs, result.params = profiles[pkey]
             result.command = command
             results.append(result)
             if on_result:

@@ -166,5 +166,7 @@ def evaluate_fid(artifact: str | Path, backend: str = "auto", data: str | Path |
     result.fid = fidlib.fid_from_stats(fake_stats, real_stats)
     if real_stats.features is not None:
         result.kid_mean, result.kid_std = fidlib.kernel_inception_distance(fake, real_stats.features)
+        if len(fake) <= fidlib.KID_SUBSET_SIZE and len(real_stats.features) <= fidlib.KID_SUBSET_SIZE:
+            result.kid_std = None  # every subset is the whole of both sets: one value, no spread to report
     result.seconds = time.perf_counter() - t0
     return result

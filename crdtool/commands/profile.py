@@ -42,7 +42,7 @@ def profile(
     norm: Optional[str] = typer.Option(None, "--norm", help="instance, batch or none (default: the family's)."),
     size: Optional[int] = typer.Option(
         None, "--size", help="Input side in pixels (square, batch 1); must be a multiple of the network's stride. "
-                             "Default: the recipe's crop size, else 256."),
+                             "Default: the recipe's (or the run folder's) crop size, else 256."),
     top: int = typer.Option(0, "--top", help="Also list the K layers with the most MACs."),
     convention: str = typer.Option(
         DEFAULT_CONVENTION, "--convention",
@@ -88,4 +88,6 @@ def _profile_target(target: Optional[str], model: Optional[str], ngf: Optional[i
 
     # on stderr, so --json stays one document on stdout
     make_console(stderr=True).print(f"checkpoint: {checkpoint_layout(target)}", markup=False, highlight=False)
-    return profile_checkpoint(target, 256 if size is None else size)
+    from crdtool.bench.artifacts import native_size
+
+    return profile_checkpoint(target, native_size(target) if size is None else size)

