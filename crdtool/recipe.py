@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from crdtool import weights
 from crdtool.errors import CrdError
 from crdtool.models.registry import GeneratorSpec
 
@@ -61,7 +62,9 @@ class GeneratorConfig(RecipeSection):
     num_downs: int = Field(8, ge=1)
     norm: Optional[Literal["instance", "batch", "none"]] = None
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    checkpoint: Optional[Path] = Field(None, description="teacher only: load pretrained weights instead of training")
+    checkpoint: Optional[Path] = Field(None, description=(
+        "teacher only: load pretrained weights instead of training (a file, or a cached id such as "
+        "\"weights:vintagify\")"))
     batchnorm_stats: Literal["batch", "running"] = Field("batch", description=(
         "pretrained teacher with BatchNorm: normalise with each batch's statistics, as the official pix2pix "
         "test.py does without --eval (default), or with the saved running statistics, as with --eval"))
@@ -97,7 +100,9 @@ class LossConfig(RecipeSection):
     patch_size: int = Field(32, ge=1)
     distance_weight: float = Field(1.0, ge=0)
     angle_weight: float = Field(2.0, ge=0)
-    vgg_weights: Optional[Path] = Field(None, description="torchvision vgg16 state dict; unset = no perceptual loss")
+    vgg_weights: Optional[Path] = Field(None, description=(
+        "VGG file: \"weights:vgg19\" (crdtool weights get vgg19), the Keras .h5, or a torchvision vgg16 state dict; "
+        "unset = no perceptual loss"))
     lambda_style: float = Field(1e4, ge=0)
     lambda_feature: float = Field(10.0, ge=0)
     lambda_pixel: float = Field(0.0, ge=0, description=(
@@ -121,7 +126,8 @@ class TrainConfig(RecipeSection):
     teacher_select: Literal["last", "fid"] = Field(
         "last", description="CycleGAN online teacher: distil from the last one, or the best by FID so far")
     fid_images: int = Field(100, ge=2, description="test images per domain for the teacher's FID")
-    inception_weights: Optional[Path] = Field(None, description="FID Inception file; unset = crdtool's default lookup")
+    inception_weights: Optional[Path] = Field(None, description=(
+        "FID Inception file or \"weights:fid-inception\"; unset = crdtool's default lookup"))
     pool_size: int = Field(50, ge=0)
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many student steps (smoke runs)")
     eval_every: int = Field(500, ge=1, description="student steps between evaluations")
@@ -166,15 +172,19 @@ class Recipe(RecipeSection):
         return dump_toml(self.model_dump(mode="json", exclude_none=True))
 
 
-def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    def fix(p: Optional[Path]) -> Optional[Path]:
-        return None if p is None or str(p) == "" else (p if p.is_absolute() else (base / p).resolve())
+def _resolve_paths(recipe: Recipe, base: Path, source: str = "<recipe>") -> Recipe:
+    def fix(p: Optional[Path], key: str = "") -> Optional[Path]:
+        if p is None or str(p) == "":
+            return None
+        if key and str(p).startswith(weights.PREFIX):  # "weights:vgg19" -> the cached reference file
+            return weights.resolve_reference(str(p), f"{source}: {key}")
+        return p if p.is_absolute() else (base / p).resolve()
 
     recipe.data.root = fix(recipe.data.root)
-    recipe.teacher.checkpoint = fix(recipe.teacher.checkpoint)
+    recipe.teacher.checkpoint = fix(recipe.teacher.checkpoint, "teacher.checkpoint")
     recipe.discriminator.checkpoint = fix(recipe.discriminator.checkpoint)
-    recipe.loss.vgg_weights = fix(recipe.loss.vgg_weights)
-    recipe.train.inception_weights = fix(recipe.train.inception_weights)
+    recipe.loss.vgg_weights = fix(recipe.loss.vgg_weights, "loss.vgg_weights")
+    recipe.train.inception_weights = fix(recipe.train.inception_weights, "train.inception_weights")
     for g in (recipe.teacher, recipe.student):
         if g.arch.endswith(".json") and not Path(g.arch).is_absolute():
             g.arch = str((base / g.arch).resolve())
@@ -208,7 +218,7 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | No
     except ValidationError as e:
         raise CrdError(format_validation_error(e, source, overrides)) from None
     recipe.source = Path(source) if source != "<recipe>" else None
-    return _resolve_paths(recipe, base or Path.cwd())
+    return _resolve_paths(recipe, base or Path.cwd(), source)
 
 
 def read_toml(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

