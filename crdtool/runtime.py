@@ -30,6 +30,8 @@ class RankInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by a launcher (torchrun): a process group even for one process
+
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RankInfo":
@@ -41,7 +43,7 @@ class RankInfo:
             except ValueError:
                 raise CrdError(f"environment variable {key}={raw!r} is not an integer (set by the launcher, "
                                f"e.g. torchrun)") from None
-        info = cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+        info = cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], env.get("WORLD_SIZE", "") != "")
         if info.world_size < 1 or not 0 <= info.rank < info.world_size or info.local_rank < 0:
             raise CrdError(f"environment variables RANK={info.rank}, WORLD_SIZE={info.world_size}, "
                            f"LOCAL_RANK={info.local_rank} are inconsistent")
@@ -132,7 +134,8 @@ class Runtime:
 
     @property
     def distributed(self) -> bool:
-        return self.ranks.world_size > 1
+        """Several ranks, or one under torchrun: then the DDP and NCCL/gloo path runs even on one GPU."""
+        return self.ranks.world_size > 1 or self.ranks.launched
 
     @property
     def backend(self) -> str:
@@ -187,9 +190,14 @@ class Runtime:
         """``m`` in DDP on several ranks (this rank's GPU as its only device), ``m`` itself on one."""
         if not self.distributed:
             return m
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(m, device_ids=[self.device.index] if self.is_cuda else None, broadcast_buffers=False)
+        # buffers (BatchNorm running statistics) stay per rank between steps; newer torch renamed the switch
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                   else {"broadcast_buffers": False})
+        return DDP(m, device_ids=[self.device.index] if self.is_cuda else None, **no_sync)
 
     def broadcast_module(self, m: torch.nn.Module) -> None:
         """Rank 0's weights and buffers on every rank."""

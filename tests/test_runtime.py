@@ -44,7 +44,9 @@ def test_device_choices_that_cannot_work_are_one_line_errors(requested, local_ra
 def test_ranks_come_from_the_launcher_environment():
     rt = Runtime.create("auto", env={"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, cuda_count=0)
     assert (rt.rank, rt.world_size, rt.ranks.local_rank, rt.is_main, rt.backend) == (5, 8, 1, False, "gloo")
-    assert RankInfo.from_env({}) == RankInfo(0, 1, 0)
+    assert RankInfo.from_env({}) == RankInfo(0, 1, 0) and not Runtime.create("cpu", env={}).distributed
+    # torchrun --nproc_per_node 1 still takes the process-group/DDP path (the 1-GPU smoke run relies on it)
+    assert Runtime.create("cpu", env={"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}).distributed
     with pytest.raises(CrdError, match="RANK='x'"):
         RankInfo.from_env({"RANK": "x"})
     with pytest.raises(CrdError, match="inconsistent"):

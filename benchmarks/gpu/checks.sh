@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Every GPU measurement the issues ask for, in one prepared run (a GPU session has ~15 device minutes).
+# Every GPU measurement and check crdtool has, in one prepared run that fits in about 15 minutes.
 #
-# Here, once:   bash benchmarks/gpu/fetch_wheels.sh          # pydantic & co. into .whl/ (git-ignored)
-# Device call:  run(command="bash benchmarks/gpu/checks.sh", carry=[".whl"], timeout_s=600)
-# Check here:   SMOKE=1 bash benchmarks/gpu/checks.sh         # same steps on the CPU, tiny sizes, /tmp output
+# Once, on a machine with network:  bash benchmarks/gpu/fetch_wheels.sh   # pydantic & co. into .whl/ (git-ignored)
+# On the GPU machine:               bash benchmarks/gpu/checks.sh          # with .whl/ copied alongside
+# Check it on a CPU:                SMOKE=1 bash benchmarks/gpu/checks.sh  # same steps, tiny sizes, /tmp output
 #
 # Writes benchmarks/results/{distill_step,crd_loss,latency}-<gpu>.* and copies them, with the log, to
-# $OUT after every step when $OUT is set (the device tool brings $OUT back, also after a timeout). A
-# failing step is logged and the next one runs. Steps can be named to run only those:
-#   bash benchmarks/gpu/checks.sh distill_step      (the one issue 6 needs; ~4 min, mostly torch.compile)
-# Estimated on an H200 (not yet run there): distill_step ~4 min, crd_loss ~1 min, latency ~2 min.
+# $OUT after every step when $OUT is set (so what finished survives a timeout). A failing step is
+# logged and the next one runs. Steps can be named to run only those:
+#   bash benchmarks/gpu/checks.sh distill_step ddp
+# Steps: env; ddp (torchrun with one process per GPU on GPU 0: NCCL process group, DDP student,
+# gradient all-reduce, checkpoint; ~1 min); distill_step (~4 min, mostly torch.compile);
+# crd_loss (~1 min); latency (~2 min). Times are estimates for an H200, not yet measured there.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && [ -z "${SMOKE:-}" ]; then
@@ -44,7 +46,7 @@ EOF
 LOG="$RESULTS/gpu-checks-$NAME.log"
 : >"$LOG"
 say() { echo "$*" | tee -a "$LOG"; }
-WANT=" ${*:-env distill_step crd_loss latency} "
+WANT=" ${*:-env ddp distill_step crd_loss latency} "
 step() {  # step NAME LIMIT_S CMD...: run with a time limit, log it, never stop the script
   local name=$1 limit=$2; shift 2
   [[ "$WANT" == *" $name "* ]] || return 0
@@ -60,6 +62,13 @@ step() {  # step NAME LIMIT_S CMD...: run with a time limit, log it, never stop 
 
 say "crdtool GPU checks, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), device $NAME"
 step env 60 $PY -c "import torch, onnxruntime, pydantic; print(torch.__version__, torch.version.cuda, onnxruntime.__version__, pydantic.__version__)"
+# torchrun on one GPU: the multi-GPU code path (rank -> cuda:LOCAL_RANK, NCCL, DDP) on a tiny recipe
+SMOKE_RUN=$(mktemp -d)
+step ddp 240 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m crdtool distill \
+  crdtool/recipes/quickstart.toml --device "$DEV" --max-steps 8 \
+  --set "output_dir=\"$SMOKE_RUN/run\"" --set "data.root=\"$SMOKE_RUN/data\"" --set data.synth.count=8 \
+  --set data.synth.size=32 --set data.load_size=36 --set data.crop_size=32 --set train.round_epochs=1
+step ddp 60 $PY -c "import json, sys; print(json.load(open(sys.argv[1])))" "$SMOKE_RUN/run/checkpoints/latest.json"
 step distill_step 360 $PY benchmarks/distill_step.py "${DISTILL[@]}" --out "$RESULTS"
 step crd_loss 120 $PY benchmarks/crd_loss.py "${CRD[@]}" --out "$RESULTS/crd_loss-$NAME.json"
 step latency 150 $PY -m crdtool bench recipes/h2z.toml --compare "${BENCH[@]}" \
