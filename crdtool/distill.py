@@ -42,6 +42,10 @@ def run(recipe: Recipe | str | Path, resume: bool = False, overrides: dict[str, 
         recipe = load_distill_recipe(recipe, overrides)
     elif overrides:
         raise ValueError("overrides apply to recipe files; edit the Recipe object instead")
+    if recipe.task == "sr":  # its own compact trainer: patches, a frozen rrdb teacher, no discriminator
+        from crdtool.train.sr import run_sr
+
+        return run_sr(recipe, resume=resume, on_progress=on_progress)
     prepare_data(recipe)
     distiller = Distiller(recipe, runtime=runtime, on_progress=on_progress)
     return distiller.run(resume=resume)

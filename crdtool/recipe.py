@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from crdtool import weights
 from crdtool.errors import CrdError
-from crdtool.models.registry import GeneratorSpec
+from crdtool.models.registry import GeneratorSpec, family_spec
 
 RECIPE_VERSION = 1
 
@@ -45,6 +45,14 @@ class DataConfig(RecipeSection):
     num_workers: int = Field(0, ge=0)
     eval_images: int = Field(8, ge=1, description="test images used for periodic fidelity evaluation and grids")
     synth: Optional[SynthConfig] = None
+    # task "sr": root holds HR folders (each an HR/ subfolder or the images themselves; LR made by MATLAB
+    # bicubic, or read from LR_bicubic/X<scale>/ beside HR); crop_size is the HR training patch side
+    scale: Literal[2, 3, 4] = Field(4, description="task sr: upscaling factor")
+    train_sets: list[str] = Field(default_factory=lambda: ["train/T91", "train/BSD200"],
+                                  description="task sr: training HR folders, relative to root")
+    eval_sets: list[str] = Field(default_factory=lambda: ["Set5"], description=(
+        "task sr: benchmark sets relative to root; the first is evaluated during training (eval_images images)"))
+    max_images: Optional[int] = Field(None, ge=1, description="task sr: train on the first N images only")
 
     @model_validator(mode="after")
     def _crop_fits(self):
@@ -62,6 +70,7 @@ class GeneratorConfig(RecipeSection):
     num_downs: int = Field(8, ge=1)
     norm: Optional[Literal["instance", "batch", "none"]] = None
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    scale: Optional[int] = Field(None, ge=1, description="SR families: upscaling factor (default data.scale)")
     checkpoint: Optional[Path] = Field(None, description=(
         "teacher only: load pretrained weights instead of training (a file, or a cached id such as "
         "\"weights:vintagify\")"))
@@ -71,11 +80,11 @@ class GeneratorConfig(RecipeSection):
 
     def spec(self) -> GeneratorSpec:
         if self.arch.endswith(".json"):
-            from crdtool.models.searched import load_arch
+            from crdtool.models.sr_student import load_arch_spec  # an SR arch.json or a CycleGAN one
 
-            return load_arch(self.arch)
-        return GeneratorSpec(self.arch, ngf=self.ngf, n_blocks=self.n_blocks, num_downs=self.num_downs,
-                             norm=self.norm, dropout=self.dropout).resolved()
+            return load_arch_spec(self.arch)
+        return family_spec(self.arch, ngf=self.ngf, n_blocks=self.n_blocks, num_downs=self.num_downs,
+                           norm=self.norm, dropout=self.dropout, scale=self.scale)
 
 
 class DiscriminatorConfig(RecipeSection):
@@ -108,6 +117,7 @@ class LossConfig(RecipeSection):
     lambda_pixel: float = Field(0.0, ge=0, description=(
         "L1 between student and teacher outputs; not in the paper: a stand-in anchor for colours when the VGG "
         "weights (and so the feature loss) are unavailable"))
+    lambda_hr: float = Field(1.0, ge=0, description="task sr: L1 between the student's output and the HR image")
     lambda_gan: float = Field(1.0, ge=0)
     lambda_cycle: float = Field(10.0, ge=0)
     lambda_identity: float = Field(0.5, ge=0)
@@ -145,7 +155,7 @@ class TrainConfig(RecipeSection):
 class Recipe(RecipeSection):
     version: int = RECIPE_VERSION
     name: str
-    task: Literal["cyclegan", "pix2pix"] = "cyclegan"
+    task: Literal["cyclegan", "pix2pix", "sr"] = "cyclegan"
     seed: int = 0
     output_dir: Optional[Path] = None
     data: DataConfig

@@ -19,6 +19,8 @@ def run_with_progress(recipe_source: str | Path, resume: bool = False, overrides
     from crdtool.train.loop import Distiller
 
     recipe = load_distill_recipe(recipe_source, overrides)
+    if recipe.task == "sr":
+        return recipe, _run_sr_with_progress(recipe, resume)
     prepare_data(recipe)
     distiller = Distiller(recipe)
     console.print(f"[bold]distill[/] {recipe.name}: teacher {recipe.teacher.spec().describe()}"
@@ -40,6 +42,27 @@ def run_with_progress(recipe_source: str | Path, resume: bool = False, overrides
         result = distiller.run(resume=resume)
     result.seconds = time.time() - t0
     return recipe, result
+
+
+def _run_sr_with_progress(recipe, resume: bool):
+    """``task = "sr"``: the SR trainer with the same progress bar and summary."""
+    from crdtool.train.sr import SRTrainer
+
+    trainer = SRTrainer(recipe)
+    teacher = f"rrdb x{recipe.data.scale} ({recipe.teacher.checkpoint.name})" if trainer.teacher is not None else "none"
+    console.print(f"[bold]distill[/] {recipe.name}: teacher {teacher} -> student {trainer.student.spec.describe()} "
+                  f"on {trainer.device}; run folder {trainer.run_dir}", highlight=False)
+    t0 = time.time()
+    with StepProgress(console, "distill", trainer.total_steps) as bar:
+        def on_progress(info: dict) -> None:
+            if info.get("kind") == "train":
+                losses = " ".join(f"{k}={v:.3g}" for k, v in info.items() if k not in ("kind", "step", "total", "lr"))
+                bar.update(info["step"], info=losses)
+
+        trainer.on_progress = on_progress
+        result = trainer.run(resume=resume)
+    result.seconds = time.time() - t0
+    return result
 
 
 def _steps_until_student_cap(distiller, cap: int) -> int:

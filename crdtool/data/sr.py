@@ -139,6 +139,7 @@ class SRPair:
     name: str
     hr: np.ndarray  # uint8, mod-cropped; HxW for a greyscale image
     lr: np.ndarray  # uint8 HxWx3 (a greyscale LR replicated): what a model sees
+    path: Path | None = None  # the HR file (a cache key for outputs computed from it)
 
 
 def load_eval_set(root: str | Path, scale: int, max_images: int | None = None,
@@ -154,7 +155,7 @@ def load_eval_set(root: str | Path, scale: int, max_images: int | None = None,
             raise CrdError(f"{lr_path}: LR size {lr.shape[:2]} x{scale} does not match HR {f} {hr.shape[:2]}")
         if lr.ndim == 2:
             lr = np.repeat(lr[:, :, None], 3, axis=2)
-        pairs.append(SRPair(f.stem, hr, lr))
+        pairs.append(SRPair(f.stem, hr, lr, f))
     return pairs
 
 
