@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
             opt = optimize_for_cpu(base, tmp / f"{role}.opt.onnx")
             ref = donnx.reference_outputs(model, images)
             outs = {k: donnx.run_onnx(p, images) for k, p in (("exported", base), ("optimised", opt))}
-            parity = {k: donnx.compare(ref, o).to_dict() for k, o in outs.items()}
+            parity = {k: donnx.measure_parity(ref, o).to_dict() for k, o in outs.items()}
             graphs[role] = (base, opt, runs)
             doc["models"][role] = {"generator": f"{family} ngf{ngf}", "parity_vs_pytorch": parity,
                                    "optimised_vs_exported_max_abs": float(np.abs(outs["optimised"] -

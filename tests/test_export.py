@@ -125,17 +125,30 @@ def test_dynamic_export_runs_other_batch_and_sizes(tmp_path):
     x = smooth_noise_images(2, 48, seed=1)[:, :, :, :40]
     out = sess.run(None, {"input": x.numpy()})[0]
     assert out.shape == (2, 3, 48, 40)
-    assert donnx.compare(donnx.reference_outputs(model, x), out).max_abs < donnx.FP32_MAX_ABS
+    assert donnx.measure_parity(donnx.reference_outputs(model, x), out).max_abs < donnx.FP32_MAX_ABS
 
 
 def test_parity_numbers():
     ref = np.zeros((1, 3, 4, 4), np.float32)
-    p = donnx.compare(ref, ref + 0.02)
+    p = donnx.measure_parity(ref, ref + 0.02)
     assert p.max_abs == pytest.approx(0.02) and p.mean_abs == pytest.approx(0.02)
     assert p.psnr_db == pytest.approx(10 * np.log10(4 / 0.02**2), rel=1e-5)
-    assert donnx.compare(ref, ref).to_dict()["psnr_db"] is None  # identical: inf, stored as null
+    assert donnx.measure_parity(ref, ref).to_dict()["psnr_db"] is None  # identical: inf, stored as null
     with pytest.raises(CrdError, match="max abs error"):
         donnx.check_fp32_parity(p, "x")
+
+
+def test_the_two_psnrs_agree_on_one_image_and_differ_as_documented():
+    from crdtool.metrics.fidelity import pooled_psnr, psnr
+
+    ref = torch.zeros(2, 3, 4, 4)
+    one = ref.clone()
+    one[0] += 0.02
+    assert pooled_psnr(ref[:1], one[:1]) == pytest.approx(psnr(ref[:1], one[:1]), rel=1e-5)  # same peak
+    assert psnr(ref, one) == float("inf")  # per-image mean: the identical image makes it inf
+    assert pooled_psnr(ref, one) == pytest.approx(10 * np.log10(4 / (0.02**2 / 2)), rel=1e-5)
+    over = ref + 1.5  # a backend overshooting [-1, 1]: clamped PSNR hides part of it, pooled does not
+    assert pooled_psnr(ref, over) < psnr(ref, over)
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -207,15 +220,21 @@ def test_hoisting_qdq_above_pad_keeps_outputs(exported, tmp_path):
     assert quantize.count_ops(a, ["QuantizeLinear"]) == quantize.count_ops(b, ["QuantizeLinear"])
 
 
+def _tensor_types(graph) -> dict[str, int]:
+    """Element type of every named tensor: graph I/O, intermediates, initializers."""
+    out = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}
+    return out | {t.name: t.data_type for t in graph.initializer}
+
+
 def test_fp16_graph_keeps_io_and_instance_norm_fp32(exported):
     graph = onnx.load(str(exported.artifacts["onnx-fp16"])).graph
     f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
     assert graph.input[0].type.tensor_type.elem_type == f32 and graph.output[0].type.tensor_type.elem_type == f32
-    types_ = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
-    inits = {t.name: t.data_type for t in graph.initializer}
+    types_ = _tensor_types(graph)
     norms = [n for n in graph.node if n.op_type == "InstanceNormalization"]
-    assert norms and all(types_[n.input[0]] == f32 and inits[n.input[1]] == f32 for n in norms)
+    assert norms and all(types_[n.input[0]] == f32 and types_[n.input[1]] == f32 for n in norms)
     convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    inits = {t.name: t.data_type for t in graph.initializer}
     assert all(inits[n.input[1]] == f16 for n in convs)
 
 
@@ -227,12 +246,11 @@ def test_fp16_keeps_nodes_with_out_of_range_values_fp32(tmp_path):
     x = smooth_noise_images(2, SIZE, seed=3)
     half = quantize.convert_fp16(fp32, tmp_path / "h.onnx", sample_inputs=x)
     graph = onnx.load(str(half)).graph
-    inits = {t.name: t.data_type for t in graph.initializer}
     first = next(n for n in graph.node if n.op_type == "Conv")
-    assert inits[first.input[1]] == onnx.TensorProto.FLOAT
+    assert _tensor_types(graph)[first.input[1]] == onnx.TensorProto.FLOAT  # computes in float32
     out = donnx.run_onnx(half, x)
     assert np.all(np.isfinite(out))
-    assert donnx.compare(donnx.reference_outputs(model, x), out).psnr_db > 40
+    assert donnx.measure_parity(donnx.reference_outputs(model, x), out).psnr_db > 40
 
 
 def test_synthetic_fallback_and_default_out_dir(tmp_path):

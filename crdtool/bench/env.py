@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from crdtool.versions import library_versions  # noqa: F401  (re-exported: results files record it)
+
 
 def physical_cores() -> int:
     """Physical cores available to this process (the default thread count for torch and onnxruntime)."""
@@ -57,25 +59,6 @@ def device_info(device_type: str, threads: int | None) -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     return info
-
-
-def library_versions() -> dict[str, str]:
-    """Versions from package metadata, so nothing heavy (TensorRT) is imported just to name it."""
-    from importlib import metadata
-
-    from crdtool import __version__
-
-    out = {"python": platform.python_version(), "crdtool": __version__}
-    for label, names in (("torch", ["torch"]), ("numpy", ["numpy"]), ("onnx", ["onnx"]),
-                         ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]),
-                         ("tensorrt", ["tensorrt", "tensorrt-cu13", "tensorrt-cu12"])):
-        for n in names:
-            try:
-                out[label] = metadata.version(n) + ("" if n == label else f" ({n})")
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return out
 
 
 def current_command() -> str:

@@ -213,7 +213,7 @@ def _timed_loop(runner: Runner, handles: list, pool: list[torch.Tensor], warmup:
 
 
 def _fidelity(runner: Runner, reference: str, pool: list[torch.Tensor], n_images: int) -> dict[str, Any]:
-    from crdtool.bench.quality import fidelity
+    from crdtool.bench.quality import parity_to_reference
     from crdtool.models.checkpoints import load_generator
 
     model = load_generator(reference).float().eval()
@@ -225,7 +225,7 @@ def _fidelity(runner: Runner, reference: str, pool: list[torch.Tensor], n_images
             outs.append(runner(x))
             refs.append(model(x))
             seen += x.shape[0]
-    return fidelity(torch.cat(refs), torch.cat(outs)).to_dict() | {"reference": str(reference)}
+    return parity_to_reference(torch.cat(refs), torch.cat(outs)).to_dict() | {"reference": str(reference)}
 
 
 def measure_latency(artifact: str | Path | BenchSpec, backend: str = "auto", batch: int = 1, size: int = 256,

@@ -19,11 +19,11 @@ from crdtool.errors import CrdError
 from crdtool.metrics import fid as fidlib
 
 
-def fidelity(reference: torch.Tensor, output: torch.Tensor):
-    """Parity (max_abs, mean_abs, psnr_db, n_images) of ``output`` against ``reference``, both in [-1, 1]."""
-    from crdtool.deploy.onnx import compare
+def parity_to_reference(reference: torch.Tensor, output: torch.Tensor):
+    """Parity (max_abs, mean_abs, pooled psnr_db, n_images) of ``output`` against ``reference``, in [-1, 1]."""
+    from crdtool.deploy.onnx import measure_parity
 
-    return compare(reference.detach().float().cpu().numpy(), output.detach().float().cpu().numpy())
+    return measure_parity(reference.detach().float().cpu().numpy(), output.detach().float().cpu().numpy())
 
 
 @dataclass
@@ -67,7 +67,7 @@ def iter_split_images(files: list[Path], aligned: bool, side: str, n: int | None
         yield p, img
 
 
-def translate(runner, split: EvalSplit, size: int = 256, batch: int = 1, n: int | None = None
+def translate_split(runner, split: EvalSplit, size: int = 256, batch: int = 1, n: int | None = None
               ) -> Iterator[torch.Tensor]:
     """uint8 (N, 3, size, size) batches of the runner's translations of the split's source images."""
     from crdtool.data.images import to_tensor
@@ -158,7 +158,7 @@ def evaluate_fid(artifact: str | Path, backend: str = "auto", data: str | Path |
         real_stats, real_desc = load_real(split, model, real, n)
     torch.set_num_threads(threads or physical_cores())
     runner = make_runner(artifact, be, batch, size, threads, onnx)
-    fake = fidlib.extract_features(model, translate(runner, split, size, batch, n))
+    fake = fidlib.extract_features(model, translate_split(runner, split, size, batch, n))
     fake_stats = fidlib.stats_from_features(fake)
     result = QualityResult(str(artifact), name or Path(artifact).name, be.label, runner.precision,
                            n_fake=len(fake), n_real=real_stats.n, data=split.description, real=real_desc,

@@ -256,7 +256,7 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
             plain = staging / f".{stem}.plain.onnx"
             shutil.copyfile(fp32, plain)
             optimize.optimize_for_cpu(fp32, fp32)  # exact; the parity gate below checks the result
-        parity = onnx_mod.compare(reference, onnx_mod.run_onnx(fp32, verify))
+        parity = onnx_mod.measure_parity(reference, onnx_mod.run_onnx(fp32, verify))
         onnx_mod.check_fp32_parity(parity, f"the ONNX export of {src_path.name}")
         graphs["fp32"] = plain
         record("onnx-fp32", fp32, parity, onnx, extra={
@@ -265,13 +265,13 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
         if want_int8:
             q = quantize.quantize_int8_qdq(plain, staging / f"{stem}.int8.onnx", calib)
             graphs["int8"] = q
-            record("onnx-int8-qdq", q, onnx_mod.compare(reference, onnx_mod.run_onnx(q, verify)), True,
+            record("onnx-int8-qdq", q, onnx_mod.measure_parity(reference, onnx_mod.run_onnx(q, verify)), True,
                    extra={"quantized_ops": list(quantize.QUANTIZED_OPS), "symmetric": True,
                           "calibration": "minmax", "calibration_images": int(len(calib))})
         if want_fp16:
             h = quantize.convert_fp16(plain, staging / f"{stem}.fp16.onnx", sample_inputs=verify[:4])
             graphs["fp16"] = h
-            record("onnx-fp16", h, onnx_mod.compare(reference, onnx_mod.run_onnx(h, verify)), True,
+            record("onnx-fp16", h, onnx_mod.measure_parity(reference, onnx_mod.run_onnx(h, verify)), True,
                    extra={"fp32_ops": sorted(quantize.KEEP_FP32_OPS & _op_types(h)), "io_dtype": "float32"})
 
         if trt is not None:

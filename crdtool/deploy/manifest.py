@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from crdtool.errors import CrdError
 from crdtool.fileio import write_json_atomic
+from crdtool.versions import library_versions
 
 MANIFEST_FORMAT = "crdtool.export"
 MANIFEST_VERSION = 1
@@ -29,23 +29,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that decide what an export computes; TensorRT only if it is already imported."""
-    import sys
-
-    import onnx
-    import onnxruntime
-    import torch
-
-    import crdtool
-
-    out = {"crdtool": crdtool.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-           "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
-    if "tensorrt" in sys.modules:
-        out["tensorrt"] = str(getattr(sys.modules["tensorrt"], "__version__", "?"))
-    return out
 
 
 @dataclass

@@ -21,12 +21,12 @@ import torch.nn as nn
 
 from crdtool.errors import CrdError
 from crdtool.fileio import atomic_path
+from crdtool.metrics.fidelity import pooled_psnr
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 OPSET = 20
 FP32_MAX_ABS = 1e-4  # an fp32 graph that differs more than this from PyTorch is refused
-VALUE_RANGE = 2.0  # generators output [-1, 1]: the PSNR peak is the range width
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Parity:
 
     max_abs: float
     mean_abs: float
-    psnr_db: float  # inf when identical
+    psnr_db: float  # metrics.fidelity.pooled_psnr; inf when identical
     n_images: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,16 +43,15 @@ class Parity:
                 "psnr_db": None if math.isinf(self.psnr_db) else round(self.psnr_db, 3), "n_images": self.n_images}
 
 
-def compare(reference: np.ndarray, output: np.ndarray) -> Parity:
+def measure_parity(reference: np.ndarray, output: np.ndarray) -> Parity:
     """Parity of ``output`` against ``reference`` (both N x C x H x W in [-1, 1])."""
     if reference.shape != output.shape:
         raise CrdError(f"output shape {tuple(output.shape)} differs from the PyTorch output {tuple(reference.shape)}")
     diff = output.astype(np.float64) - reference.astype(np.float64)
     if not np.all(np.isfinite(diff)):
         return Parity(math.inf, math.inf, -math.inf, len(reference))
-    mse = float(np.mean(diff**2))
-    psnr = math.inf if mse == 0 else 10.0 * math.log10(VALUE_RANGE**2 / mse)
-    return Parity(float(np.max(np.abs(diff))), float(np.mean(np.abs(diff))), psnr, len(reference))
+    return Parity(float(np.max(np.abs(diff))), float(np.mean(np.abs(diff))), pooled_psnr(reference, output),
+                  len(reference))
 
 
 @contextlib.contextmanager
@@ -146,7 +145,7 @@ def verify_onnx(model: nn.Module, onnx_path: str | Path, images: torch.Tensor,
                 reference: np.ndarray | None = None) -> Parity:
     """onnxruntime (CPU) vs PyTorch on ``images``; pass ``reference`` to reuse PyTorch outputs across graphs."""
     ref = reference_outputs(model, images) if reference is None else reference
-    return compare(ref, run_onnx(onnx_path, images))
+    return measure_parity(ref, run_onnx(onnx_path, images))
 
 
 def check_fp32_parity(parity: Parity, what: str, tol: float = FP32_MAX_ABS) -> None:

@@ -5,8 +5,9 @@
   ConvTranspose only (outputs stay float, biases stay float), and the Q/DQ pair moved above a Pad that
   feeds a conv so Pad + Conv can fuse. On the mobile student this placement also keeps ~10 dB more PSNR
   than quantizing every op.
-- FP16: a small hand-written pass (no onnxconverter-common dependency): float16 weights and compute, float32
-  graph I/O, and ops that lose quality in float16 (normalisations, reductions) kept in float32 with Casts.
+- FP16: onnxruntime's ``convert_float_to_float16``: float16 weights and compute, float32 graph I/O, and ops
+  that lose quality in float16 (normalisations, reductions) kept in float32 with Casts; nodes whose weights
+  or activations float16 cannot hold stay float32 too.
 """
 
 from __future__ import annotations
@@ -172,17 +173,6 @@ def _topological_sort(graph) -> None:
 
 # ----------------------------------------------------------------------------------------------- FP16
 
-# Inputs that follow the op's data type T (everything else keeps its type: shapes, indices, Resize scales).
-_T_INPUTS: dict[str, tuple[int, ...]] = {
-    "Pad": (0, 2), "Resize": (0,), "Upsample": (0,), "Reshape": (0,), "Expand": (0,), "Tile": (0,),
-    "Slice": (0,), "Gather": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Transpose": (0,), "Split": (0,),
-    "ConstantOfShape": (), "Shape": (), "Range": (),
-}
-
-
-def _t_inputs(node) -> Iterable[int]:
-    return _T_INPUTS.get(node.op_type, range(len(node.input)))
-
 
 def _activation_peaks(model, sample_inputs: np.ndarray) -> dict[str, float]:
     """Max |value| of every float intermediate tensor on ``sample_inputs`` (fp32 onnxruntime run)."""
@@ -208,126 +198,97 @@ def _activation_peaks(model, sample_inputs: np.ndarray) -> dict[str, float]:
     return peaks
 
 
-def convert_fp16(onnx_in: str | Path, onnx_out: str | Path, *, keep_fp32_ops: Iterable[str] = KEEP_FP32_OPS,
-                 sample_inputs: np.ndarray | torch.Tensor | None = None) -> Path:
-    """Float16 copy of an fp32 graph with float32 inputs/outputs.
+def out_of_range_nodes(model, sample_inputs: np.ndarray | torch.Tensor | None = None) -> list[str]:
+    """Names of nodes float16 cannot hold: a weight, or (on ``sample_inputs``) an output, beyond
+    ``FP16_SAFE_MAX``. onnxruntime's converter only clamps such values to 65504, which silently turns
+    a model with large activations into garbage (``test_fp16_keeps_nodes_with_out_of_range_values_fp32``),
+    so these nodes stay float32."""
+    from onnx import TensorProto, numpy_helper
 
-    Nodes of ``keep_fp32_ops``, nodes with a weight beyond the float16 safe range and (when ``sample_inputs``
-    are given) nodes whose outputs exceed it on those inputs stay float32, with Casts at the boundaries.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    onnx_out = Path(onnx_out)
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_in)))
-    graph = model.graph
-    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
-
-    dtype: dict[str, int] = {}
-    for vi in [*graph.input, *graph.output, *graph.value_info]:
-        dtype[vi.name] = vi.type.tensor_type.elem_type
-    inits = {t.name: t for t in graph.initializer}
-    for t in graph.initializer:
-        dtype[t.name] = t.data_type
-
-    keep = set(keep_fp32_ops)
+    big = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT and t.dims
+           and float(np.max(np.abs(numpy_helper.to_array(t)), initial=0.0)) > FP16_SAFE_MAX}
     peaks = {}
     if sample_inputs is not None:
         x = sample_inputs.detach().cpu().numpy() if isinstance(sample_inputs, torch.Tensor) else sample_inputs
         peaks = _activation_peaks(model, x)
-    big_init = {n for n, t in inits.items() if t.data_type == FLOAT and t.dims and
-                float(np.max(np.abs(numpy_helper.to_array(t)), initial=0.0)) > FP16_SAFE_MAX}
+    return [n.name for n in model.graph.node if any(i in big for i in n.input)
+            or any(peaks.get(o, 0.0) > FP16_SAFE_MAX for o in n.output)]
 
-    def runs_fp16(node) -> bool:
-        if node.op_type in keep or node.op_type in ("Cast", "Constant"):
-            return False
-        if any(name in big_init for name in node.input):
-            return False
-        return not any(peaks.get(o, 0.0) > FP16_SAFE_MAX for o in node.output)
 
-    # Which initializers are wanted as fp16, and by whom (an fp32 consumer keeps the original).
-    init_fp16_users: dict[str, int] = defaultdict(int)
-    init_fp32_users: dict[str, int] = defaultdict(int)
-    plans = []
+def _keep_blocked_nodes_fp32(half, original) -> None:
+    """Undo two float16 round trips onnxruntime's converter puts on blocked (float32) nodes.
+
+    It stores every float weight as float16 and Casts it back, and it Casts each blocked node's output
+    to float16 and back before the next blocked node reads it. For the out-of-range nodes both overflow
+    (``test_fp16_keeps_nodes_with_out_of_range_values_fp32`` sees NaN): their weights are read from the
+    original float32 initializers instead, and a float32 -> float16 -> float32 Cast pair becomes an Identity.
+    """
+    from onnx import TensorProto, helper
+
+    graph = half.graph
+    produced = {o: n for n in graph.node for o in n.output}
+    fp32_weights = {t.name: t for t in original.graph.initializer if t.data_type == TensorProto.FLOAT}
+    half_inits = {t.name for t in graph.initializer}
+
+    def cast_to(node) -> int | None:
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), None)
+
+    restored: set[str] = set()
     for node in graph.node:
-        half = runs_fp16(node)
-        plans.append(half)
-        t_idx = set(_t_inputs(node))
-        for i, name in enumerate(node.input):
-            if name in inits and inits[name].data_type == FLOAT:
-                if half and i in t_idx:
-                    init_fp16_users[name] += 1
-                else:
-                    init_fp32_users[name] += 1
-
-    new_inits = []
-    init_fp16_name: dict[str, str] = {}
-    for name, t in inits.items():
-        if not init_fp16_users.get(name):
+        if node.op_type != "Cast" or cast_to(node) != TensorProto.FLOAT:
             continue
-        arr = numpy_helper.to_array(t).astype(np.float16)
-        if init_fp32_users.get(name):
-            init_fp16_name[name] = f"{name}__fp16"
-            new_inits.append(numpy_helper.from_array(arr, init_fp16_name[name]))
+        src = node.input[0]
+        before = produced.get(src)
+        if before is not None and before.op_type == "Cast" and cast_to(before) == TensorProto.FLOAT16:
+            node.input[0] = before.input[0]
+        elif src in fp32_weights and src in half_inits:
+            node.input[0] = f"{src}__fp32"
+            if src not in restored:
+                restored.add(src)
+                copy = TensorProto()
+                copy.CopyFrom(fp32_weights[src])
+                copy.name = node.input[0]
+                graph.initializer.append(copy)
         else:
-            init_fp16_name[name] = name
-            t.CopyFrom(numpy_helper.from_array(arr, name))
-            dtype[name] = HALF
-    graph.initializer.extend(new_inits)
+            continue
+        node.op_type = "Identity"
+        del node.attribute[:]
+    # drop what nothing reads any more (the orphaned Casts and float16 weight copies)
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
-    current = dict(dtype)  # tensor name -> elem type after conversion
-    casts: dict[tuple[str, int], str] = {}
-    nodes = []
 
-    def cast(name: str, to: int) -> str:
-        key = (name, to)
-        if key not in casts:
-            out = f"{name}__to_{'fp16' if to == HALF else 'fp32'}"
-            nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"Cast_{out}"))
-            casts[key] = out
-            current[out] = to
-        return casts[key]
+def convert_fp16(onnx_in: str | Path, onnx_out: str | Path, *, keep_fp32_ops: Iterable[str] = KEEP_FP32_OPS,
+                 sample_inputs: np.ndarray | torch.Tensor | None = None) -> Path:
+    """Float16 copy of an fp32 graph with float32 inputs/outputs (onnxruntime's converter).
 
-    for node, half in zip(graph.node, plans):
-        t_idx = set(_t_inputs(node))
-        for i, name in enumerate(node.input):
-            if not name or current.get(name) not in (FLOAT, HALF):
-                continue
-            want = HALF if half and i in t_idx else FLOAT
-            if name in init_fp16_name and want == HALF:
-                node.input[i] = init_fp16_name[name]
-            elif current[name] != want:
-                node.input[i] = cast(name, want)
-        if half:
-            for o in node.output:
-                if dtype.get(o) == FLOAT:
-                    current[o] = HALF
-        nodes.append(node)
+    Nodes of ``keep_fp32_ops`` and the ``out_of_range_nodes`` stay float32, with Casts at the boundaries.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    for out in graph.output:
-        if current.get(out.name) == HALF:
-            inner = f"{out.name}__fp16"
-            for n in nodes:
-                for i, name in enumerate(n.output):
-                    if name == out.name:
-                        n.output[i] = inner
-                for i, name in enumerate(n.input):
-                    if name == out.name:
-                        n.input[i] = inner
-            nodes.append(helper.make_node("Cast", [inner], [out.name], to=FLOAT, name=f"Cast_{out.name}_fp32"))
-
-    copies = []
-    for n in nodes:
-        c = type(n)()
-        c.CopyFrom(n)
-        copies.append(c)
-    del graph.node[:]
-    graph.node.extend(copies)
-    del graph.value_info[:]
-    _topological_sort(graph)
-    model = onnx.shape_inference.infer_shapes(model)
+    onnx_out = Path(onnx_out)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_in)))
+    for k, node in enumerate(model.graph.node):  # the block list names nodes: give every node a name
+        node.name = node.name or f"{node.op_type}_{k}"
+    with _quiet_root_logger():
+        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(set(keep_fp32_ops)),
+                                        node_block_list=out_of_range_nodes(model, sample_inputs))
+    _topological_sort(half.graph)  # the converter appends its input Casts at the end of the node list
+    _keep_blocked_nodes_fp32(half, model)
+    del half.graph.value_info[:]  # it also leaves stale float16 types on tensors that stayed float32
+    half = onnx.shape_inference.infer_shapes(half)
     with atomic_path(onnx_out) as tmp:
-        onnx.save(model, str(tmp))
+        onnx.save(half, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
     return onnx_out
 

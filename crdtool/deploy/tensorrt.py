@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from crdtool.deploy.onnx import INPUT_NAME, Parity, compare
+from crdtool.deploy.onnx import INPUT_NAME, Parity, measure_parity
 from crdtool.errors import CrdError
 from crdtool.fileio import write_bytes_atomic
 
@@ -288,4 +288,4 @@ def run_engine(engine_path: str | Path, images, *, trt: Any = None, device: str 
 
 def verify_engine(engine_path: str | Path, reference: np.ndarray, images, *, trt: Any = None,
                   device: str = "cuda") -> Parity:
-    return compare(reference, run_engine(engine_path, images, trt=trt, device=device))
+    return measure_parity(reference, run_engine(engine_path, images, trt=trt, device=device))

@@ -1,11 +1,21 @@
 """Fidelity of one image batch to another (student vs teacher, ONNX vs PyTorch): PSNR, SSIM, max abs.
 
-Images are in the generators' [-1, 1] range; PSNR/SSIM are computed on [0, 1] (peak 1).
+Images are in the generators' [-1, 1] range; PSNR/SSIM are computed on [0, 1] (peak 1). Two PSNRs, on
+purpose, and each table says which it shows:
+
+- ``psnr``: the mean of per-image PSNRs of clamped images: how close one model's *pictures* are to
+  another's (the distill table: student vs teacher);
+- ``pooled_psnr``: one PSNR of the MSE pooled over the whole batch, unclamped: how far a backend's raw
+  *outputs* are from PyTorch's (the export and bench parity columns); a backend that overshoots
+  [-1, 1] must show it, and one identical image must not make the batch ``inf``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +27,16 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     mse = (x01 - y01).pow(2).flatten(1).mean(1)
     vals = torch.where(mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-20)), torch.full_like(mse, float("inf")))
     return float(vals.mean())
+
+
+def pooled_psnr(reference: np.ndarray | torch.Tensor, output: np.ndarray | torch.Tensor) -> float:
+    """PSNR in dB of the MSE pooled over every value of the batch, unclamped; ``inf`` when identical.
+
+    The peak is the [-1, 1] range width (2), so on in-range images it is ``psnr``'s scale (peak 1 on [0, 1]).
+    """
+    as_np = lambda a: a.detach().double().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, np.float64)  # noqa: E731
+    mse = float(np.mean((as_np(output) - as_np(reference)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(4.0 / mse)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from crdtool.errors import CrdError
+from crdtool.profile import format_macs  # noqa: F401  (re-exported: search tables print MACs)
 from crdtool.models.searchable_ops import (  # noqa: F401  (re-exported: the search API's layers)
     ARCH_FORMAT,
     ARCH_VERSION,
@@ -84,13 +85,6 @@ def arch_macs(arch: dict[str, Any], size: int | tuple[int, int]) -> dict[str, An
     head_out = [*arch["head"], arch["output_nc"]]
     head = [head_macs(i, a, b, h, w) for i, (a, b) in enumerate(zip(head_in, head_out))]
     return {"total": sum(stem) + sum(cells) + sum(head), "stem": stem, "cells": cells, "head": head}
-
-
-def format_macs(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.0f}"
 
 
 def parse_macs(text: str | int | float, what: str = "budget") -> float:
