@@ -12,8 +12,13 @@ crdtool's step under each runtime the platform offers (fp32/bf16 x channels_last
 of a faster CRD alone, and counts the step's FLOPs against the device's measured matmul rate to give
 the bound of any loop doing the same work (a roofline). Writes benchmarks/results/distill_step-<device>.json.
 
-    python benchmarks/distill_step.py                 # CPU: 64x64 (target >= 5x), plus 256x256 for context
-    python benchmarks/distill_step.py                 # GPU: 256x256 (target >= 3x)
+    python benchmarks/distill_step.py                 # CPU: 64x64 and 256x256
+    python benchmarks/distill_step.py                 # GPU: 256x256
+
+Targets (``TARGETS``): CPU 256 px >= 4x the reference; CPU 64 px, crdtool's step within 1.4x of the
+FLOP roofline measured in the same run (at 64 px both loops are bound by the convolutions' arithmetic,
+so the ways in are less work per step, e.g. reused teacher outputs and VGG features, not faster
+matmuls); GPU 256 px >= 3x the reference.
 """
 
 from __future__ import annotations
@@ -35,6 +40,34 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+TARGETS = {
+    "cpu_256px_speedup": ">= 4x the reference's student steps/s at 256x256 on CPU",
+    "cpu_64px_roofline": "crdtool's step time <= 1.4x the FLOP roofline (step FLOPs / peak matmul rate) at 64x64 on CPU",
+    "gpu_256px_speedup": ">= 3x the reference's student steps/s at 256x256 on a GPU",
+}
+
+
+def target_results(dev: torch.device, rows: list[dict]) -> dict:
+    """Each restated target with what this run measured and whether it passes (None: not measured here)."""
+    by_size = {row["size"]: row for row in rows}
+    out = {k: {"target": v, "measured": None, "pass": None} for k, v in TARGETS.items()}
+
+    def verdict(key: str, measured: float, ok: bool) -> None:
+        out[key].update({"measured": measured, "pass": ok})
+
+    if dev.type == "cuda":
+        if 256 in by_size:
+            verdict("gpu_256px_speedup", by_size[256]["speedup"], by_size[256]["speedup"] >= 3.0)
+        return out
+    if 256 in by_size:
+        verdict("cpu_256px_speedup", by_size[256]["speedup"], by_size[256]["speedup"] >= 4.0)
+    roof = (by_size.get(64) or {}).get("roofline")
+    if roof:
+        verdict("cpu_64px_roofline", roof["crdtool_vs_roofline"], roof["crdtool_vs_roofline"] <= 1.4)
+    out["gpu_256px_speedup"]["measured"] = "not measured (no GPU in this run)"
+    return out
 
 
 def device_name(dev: torch.device) -> str:
@@ -144,19 +177,17 @@ def main() -> None:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     load_start = os.getloadavg()
     rows = [measure(size, dev, args, sync, detail=args.variants and i == 0) for i, size in enumerate(sizes)]
-    target = 3.0 if dev.type == "cuda" else 5.0
     name = device_name(dev)
-    main_row = rows[0]
+    targets = target_results(dev, rows)
     doc = {
         "version": 1,
-        "command": "python benchmarks/distill_step.py" + (f" --size {args.size}" if args.size else ""),
+        "command": "python benchmarks/distill_step.py" + "".join(f" {a}" for a in shown_args()),
         "device": name, "device_type": dev.type,
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "cpu_isa": cpu_isa() if dev.type == "cpu" else None,
-        "torch": torch.__version__, "batch": 1,
+        "torch": torch.__version__, "python": platform.python_version(), "batch": 1,
         "results": rows,
-        "target": f">= {target}x at {main_row['size']}x{main_row['size']}",
-        "pass": main_row["speedup"] >= target,
+        "targets": targets,
         "work_per_step": "teacher resnet ngf64 forward + student mobile_resnet ngf16 forward/backward with "
                          "CRD (rows, columns, 32x32 patches) + VGG16 style/feature + frozen online D (LSGAN) + Adam",
         "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
@@ -169,6 +200,20 @@ def main() -> None:
     if args.compile and compile_cache is None:
         shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
     print(json.dumps(doc, indent=2))
+
+
+def shown_args() -> list[str]:
+    """The command-line flags, without --out and its folder (results name no paths of the machine)."""
+    argv, out = sys.argv[1:], []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            out.append(a)
+    return out
 
 
 def cpu_flags() -> set[str]:
@@ -271,11 +316,12 @@ def peak_matmul_gflops(dev: torch.device, dtype: torch.dtype, sync) -> float:
     return 2 * n ** 3 / 1e9 * timed(lambda _: a @ b, [None], 3, 10 if dev.type == "cpu" else 100, sync)
 
 
-def roofline(d, batch, dev: torch.device, reference_ms: float, sync) -> dict:
+def roofline(d, batch, dev: torch.device, reference_ms: float, crdtool_ms: float, sync) -> dict:
     """FLOPs of one crdtool step (forward + backward, torch's FlopCounterMode) against the peak matmul rate.
 
     ``speedup_bound_at_peak`` = reference step time / (step FLOPs / peak rate): the most any loop that
     does this step's work could gain over the reference on this device, at the runtime's precision.
+    ``crdtool_vs_roofline`` = crdtool's measured step time / that floor (1.0 = at the roofline).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -288,7 +334,8 @@ def roofline(d, batch, dev: torch.device, reference_ms: float, sync) -> dict:
     floor_ms = 1000 * gflop / peak
     return {"step_gflop": round(gflop, 2), "peak_matmul_gflops": round(peak, 1),
             "peak_dtype": str(dtype).removeprefix("torch."), "step_ms_at_peak": round(floor_ms, 1),
-            "speedup_bound_at_peak": round(reference_ms / floor_ms, 2)}
+            "speedup_bound_at_peak": round(reference_ms / floor_ms, 2),
+            "crdtool_step_ms": round(crdtool_ms, 1), "crdtool_vs_roofline": round(crdtool_ms / floor_ms, 2)}
 
 
 def breakdown(d, m: dict, ref, x: torch.Tensor, reps: int, sync) -> dict:
@@ -360,7 +407,8 @@ def measure(size: int, dev: torch.device, args, sync, detail: bool) -> dict:
         rates = alternated(fns, inputs, rounds, steps, sync)
         options = variants(d, batch, dev, args, rounds, steps, sync) if detail else None
         parts = breakdown(d, m, ref, x, max(2, steps), sync) if detail else None
-        bound = roofline(d, batch, dev, 1000 / median(rates["reference"]), sync) if detail else None
+        bound = roofline(d, batch, dev, 1000 / median(rates["reference"]), 1000 / median(rates["crdtool"]),
+                         sync) if detail else None
     ratios = sorted(a / b for a, b in zip(rates["crdtool"], rates["reference"]))
     row = {"size": size, "runtime": runtime, "rounds": rounds, "steps_per_round": steps,
            "student_steps_per_s": {k: round(median(v), 3) for k, v in rates.items()},

@@ -51,7 +51,7 @@ def _rows(tmp: Path, rank: int) -> list[dict]:
 def full_run(tmp_path_factory) -> Path:
     """One uninterrupted 2-rank run of the tiny schedule (shared by the tests below)."""
     tmp = tmp_path_factory.mktemp("ddp-full")
-    run = _job(tmp)
+    _job(tmp)
     out = _torchrun(tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp
