@@ -77,7 +77,7 @@ def _identical(d2: torch.Tensor, sqnorm: torch.Tensor) -> torch.Tensor:
 
 def _check_pair(xs: torch.Tensor, xt: torch.Tensor) -> None:
     if xs.dim() != 2 or xs.shape != xt.shape:
-        raise CrdError(f"RKD needs two (n, D) matrices of the same shape, got {tuple(xs.shape)} and {tuple(xt.shape)}")
+        raise ValueError(f"RKD needs two (n, D) matrices of the same shape, got {tuple(xs.shape)} and {tuple(xt.shape)}")
 
 
 def _huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -269,7 +269,7 @@ def slice_pieces(x: torch.Tensor, granularity: str, patch_size: int = 32) -> tor
     """Cut (N, C, H, W) images into pieces: rows (N, H, C*W), columns (N, W, C*H) or
     patches (N, P, C*p*p), P = (H/p)*(W/p) in row-major patch order. Same order for S and T."""
     if x.dim() != 4:
-        raise CrdError(f"CRD expects (N, C, H, W) images, got shape {tuple(x.shape)}")
+        raise ValueError(f"CRD expects (N, C, H, W) images, got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
     if granularity == "rows":
         return x.permute(0, 2, 1, 3).reshape(n, h, c * w)
@@ -278,18 +278,19 @@ def slice_pieces(x: torch.Tensor, granularity: str, patch_size: int = 32) -> tor
     if granularity == "patches":
         p = patch_size
         if h % p or w % p:
+            # a user error, not a bug: reachable from a recipe whose data.crop_size loss.patch_size does not divide
             raise CrdError(f"CRD patch_size {p} does not divide the image size {h}x{w}; "
                            f"use images whose height and width are multiples of {p} or another patch size")
         x = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(n, (h // p) * (w // p), c * p * p)
-    raise CrdError(f"unknown CRD granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}")
+    raise ValueError(f"unknown CRD granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}")
 
 
 def _crd_terms(student: torch.Tensor, teacher: torch.Tensor, weights: dict[str, float], patch_size: int,
                distance_weight: float, angle_weight: float, pool_patches: bool, per_image: bool,
                rkd_fn) -> dict[str, torch.Tensor]:
     if student.shape != teacher.shape:
-        raise CrdError(f"CRD needs student and teacher outputs of the same shape, "
+        raise ValueError(f"CRD needs student and teacher outputs of the same shape, "
                        f"got {tuple(student.shape)} and {tuple(teacher.shape)}")
 
     def rkd(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
@@ -341,11 +342,11 @@ class CRDLoss(nn.Module):
                  per_image: bool = False):
         super().__init__()
         if int(patch_size) != patch_size or patch_size < 1:
-            raise CrdError(f"CRD patch_size must be a positive integer, got {patch_size!r}")
+            raise ValueError(f"CRD patch_size must be a positive integer, got {patch_size!r}")
         for key, value in (("rows", rows), ("columns", columns), ("patches", patches),
                            ("distance_weight", distance_weight), ("angle_weight", angle_weight)):
             if value < 0:
-                raise CrdError(f"CRD weight {key} must be >= 0, got {value}")
+                raise ValueError(f"CRD weight {key} must be >= 0, got {value}")
         self.patch_size = int(patch_size)
         self.weights = {"rows": float(rows), "columns": float(columns), "patches": float(patches)}
         self.distance_weight = float(distance_weight)
@@ -384,7 +385,7 @@ class InstanceRKDLoss(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if student.shape != teacher.shape:
-            raise CrdError(f"instance RKD needs outputs of the same shape, got {tuple(student.shape)} "
+            raise ValueError(f"instance RKD needs outputs of the same shape, got {tuple(student.shape)} "
                            f"and {tuple(teacher.shape)}")
         xs, xt = student.reshape(len(student), -1), teacher.reshape(len(teacher), -1)
         return rkd_loss(xs, xt, self.distance_weight, self.angle_weight)
