@@ -263,3 +263,22 @@ def test_sr_distill_without_teacher_and_recipe_errors(tmp_path):
     bad.write_text(bad.read_text().replace('kd = "none"', 'kd = "crd"'))
     with pytest.raises(CrdError, match="without teacher.checkpoint"):
         run(bad)
+
+
+def test_sr_export_is_dynamic_and_bench_scores_it(tmp_path):
+    """One ONNX graph serves two LR sizes (parity checked); bench --psnr scores it like PyTorch."""
+    from crdtool.bench.sr import sr_latency, sr_quality
+    from crdtool.deploy.sr import export_sr
+    from crdtool.models.checkpoints import save_generator
+
+    src = save_generator(build_generator(family_spec("sr_resnet", ngf=4, n_blocks=1)), tmp_path / "s.safetensors")
+    manifest = export_sr(src, tmp_path / "export")
+    assert manifest["output"]["scale"] == 4 and manifest["input"]["dynamic"]
+    assert [c["input"][2:] for c in manifest["verification"]["parity"]] == [[48, 64], [45, 80]]
+    onnx_path = tmp_path / "export" / "s.onnx"
+    _tiny_sr_data(tmp_path / "data")
+    q_onnx = sr_quality(onnx_path, tmp_path / "data" / "val", 4)
+    q_torch = sr_quality(src, tmp_path / "data" / "val", 4)
+    assert q_onnx["psnr"] == pytest.approx(q_torch["psnr"], abs=1e-3) and q_onnx["images"] == 2
+    rows = sr_latency(onnx_path, sizes=((9, 16),), runs=1, warmup=0)
+    assert rows[0]["output"] == [36, 64]

@@ -65,8 +65,14 @@ def bench(
     md_out: Optional[Path] = typer.Option(None, "--md", help="Also write a Markdown report."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write latency vs MACs (log-log) to this image."),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="One fresh process per measurement."),
+    psnr: bool = typer.Option(False, "--psnr", help="Super-resolution: PSNR-Y / SSIM-Y of each artifact on the SR "
+                                                   "set --data (HR/ + optional LR_bicubic/X<scale>/), and latency "
+                                                   "at a 320x180 and a 256x256 LR input."),
+    scale: int = typer.Option(4, "--scale", help="With --psnr: the upscaling factor of the set's LR images."),
 ) -> None:
     """Measure latency (median, p90, p99, min, img/s) per artifact and backend; optionally FID/KID."""
+    if psnr:
+        return _bench_sr(artifacts, data, scale, threads, json_out)
     from crdtool.bench.session import run_bench
 
     to_stdout = json_out == "-"
@@ -93,6 +99,34 @@ def bench(
         fail(str(e))
     if any(r.get("error") for r in doc["results"]):
         raise typer.Exit(1)
+
+
+def _bench_sr(artifacts: list[Path], data: Optional[Path], scale: int, threads: Optional[int],
+              json_out: Optional[str]) -> None:
+    """``--psnr``: SR quality (as SR papers score it) and frame latency of each artifact."""
+    from crdtool.bench.sr import sr_latency, sr_quality
+
+    console = make_console(stderr=json_out == "-")
+    try:
+        if data is None:
+            raise CrdError("--psnr needs --data: an SR set folder such as Set5 (HR/ and optionally LR_bicubic/)")
+        doc = {"psnr": [], "latency": []}
+        for a in artifacts:
+            q = sr_quality(a, data, scale, threads=threads)
+            lat = sr_latency(a, threads=threads)
+            doc["psnr"].append(q)
+            doc["latency"].append({"artifact": str(a), "rows": lat})
+            times = ", ".join(f"{r['input'][1]}x{r['input'][0]} -> {r['output'][1]}x{r['output'][0]}: "
+                              f"{r['median_ms']:.1f} ms" for r in lat)
+            console.print(f"{Path(a).name} ({q['backend']}): {q['set']} x{scale} PSNR-Y {q['psnr']:.2f} dB, "
+                          f"SSIM-Y {q['ssim']:.4f} ({q['images']} images); median {times}",
+                          markup=False, highlight=False, soft_wrap=True)
+        if json_out == "-":
+            print(json.dumps(doc, indent=2))
+        elif json_out:
+            write_json_atomic(json_out, doc)
+    except CrdError as e:
+        fail(str(e))
 
 
 @contextlib.contextmanager

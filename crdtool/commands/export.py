@@ -32,6 +32,10 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the table."),
 ) -> None:
     """Export a distilled generator to ONNX / INT8 / FP16 / TensorRT, verified against PyTorch."""
+    from crdtool.deploy.sr import is_sr_source
+
+    if is_sr_source(source):  # super-resolution: one dynamic fp32 ONNX graph, parity at two LR sizes
+        return _export_sr(source, out, json_out)
     try:
         if int8 and not trt:
             raise CrdError("--int8 picks the TensorRT precision and needs --trt (for onnxruntime use --int8-cpu)")
@@ -54,3 +58,18 @@ def export(
                   soft_wrap=True)
         raise typer.Exit(1)
 
+
+def _export_sr(source: Path, out: Optional[Path], json_out: bool) -> None:
+    from crdtool.deploy.sr import export_sr
+
+    try:
+        manifest = export_sr(source, out)
+    except CrdError as e:
+        fail(str(e))
+    if json_out:
+        typer.echo(json.dumps(manifest, indent=2))
+        return
+    art = manifest["artifacts"][0]
+    checks = "; ".join(f"{c['input'][2]}x{c['input'][3]}: max abs {c['max_abs']:.2e}" for c in manifest["verification"]["parity"])
+    console.print(f"{art['file']} (dynamic batch/height/width, x{manifest['output']['scale']}, input RGB in [0, 1]) "
+                  f"vs PyTorch fp32: {checks}; ok", markup=False, highlight=False, soft_wrap=True)

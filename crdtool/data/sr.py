@@ -123,7 +123,7 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 (or HxW, replicated to 3 channels) -> float 3xHxW in [0, 1], the models' input range."""
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float().div_(255.0)
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:
