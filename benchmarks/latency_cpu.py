@@ -6,7 +6,7 @@ teacher median / student median from the same run. Writes ``latency-cpu.json``, 
 (each records this command, the CPU, threads, library versions and the load average at start).
 
     python benchmarks/latency_cpu.py                      # 200 runs, at most 60 s per measurement
-    python benchmarks/latency_cpu.py --runs 50 --max-seconds 10 --out /tmp/quick
+    python benchmarks/latency_cpu.py --runs 50 --max-seconds 10 --out runs/quick-bench
 
 Weights: random (pix2pix init) unless --teacher/--student name checkpoints; latency does not depend
 on weight values, INT8 fidelity does (with random weights it only shows that quantization works).

@@ -5,7 +5,7 @@ graphs against PyTorch, then interleaved timing (A, B, A, B ...) under three ses
 single-thread per-op-type profile of the student. Writes ``optimize-cpu.json`` and ``.md``.
 
     python benchmarks/optimize_cpu.py                     # 60 student / 6 teacher runs per cell and round
-    python benchmarks/optimize_cpu.py --rounds 2 --student-runs 10 --teacher-runs 1 --out /tmp/quick
+    python benchmarks/optimize_cpu.py --rounds 2 --student-runs 10 --teacher-runs 1 --out runs/quick-bench
 
 "1 thread, CPU time" is the calling thread's CPU time with intra_op_num_threads=1: it ignores time lost to
 other processes, so it is the number to compare on a shared machine. The two-thread rows are wall clock.

@@ -1,4 +1,4 @@
-"""Quality ablation (issue 8): does the paper's ordering hold on real images at a reduced, equal budget?
+"""Quality ablation: does the paper's ordering hold on real images at a reduced, equal budget?
 
 The paper (horse2zebra FID): CRD 46.61 < instance-level RKD 63.93 < no distillation 96.72, and the
 frozen online discriminator (46.61) beats an always-updated one (58.02) and none (62.75). Here, per

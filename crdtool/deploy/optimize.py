@@ -3,7 +3,7 @@
 Why: onnxruntime's CPU provider runs convolutions in a blocked NCHWc layout (16 channels per block on
 AVX-512 CPUs such as this AMD EPYC, 8 on AVX2-only ones) and pads every conv's output channels up to a whole
 block. The generators' 7x7 head conv (ngf -> 3 channels at full resolution) therefore computes 16 channels
-to keep 3, and was the largest single node of the mobile student (~20 of ~90 profiled ms per image).
+to keep 3, and was the largest single node of the mobile student's profile.
 
 Each rewrite replaces a node by ops that compute the same sums of the same products (the extra terms are
 exact zeros), so the fp32 output moves only by float rounding order (~1e-6 max abs, measured). Nodes a
@@ -11,9 +11,10 @@ rewrite does not recognise are left as they are, so the pass is safe on every ge
 mobile_resnet, unet, searched) and on static or dynamic input shapes.
 
 ``optimize_for_cpu(onnx_in, onnx_out)`` applies ``DEFAULT_REWRITES`` to a file; ``optimize_model`` works on
-an ``onnx.ModelProto`` and reports how many sites each rewrite changed. Measured on this 2-core EPYC (shared,
-load 6-7), mobile_resnet ngf16 at 1x3x256x256, onnxruntime 1.32, single-thread CPU time per image
-(robust to the shared CPU): 30.4 -> 24.0-25.4 ms; resnet ngf64 teacher: 558-565 -> 533 ms.
+an ``onnx.ModelProto`` and reports how many sites each rewrite changed. What it gains, per model and
+thread setting, is measured by ``benchmarks/optimize_cpu.py`` into ``benchmarks/results/optimize-cpu.md``
+(mobile_resnet ngf16 at 1x3x256x256, single-thread CPU time per image: 30.65 -> 23.45 ms median; resnet
+ngf64 teacher: 509.4 -> 491.19 ms).
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def convtranspose_to_conv_d2s(g: _Graph) -> int:
     pixel (s*i + a, s*j + b) only sees the kernel taps of phase (a, b), so the layer equals s*s stride-1
     convs over the same input, stacked as channels and interleaved by DepthToSpace (DCR); missing taps are
     zero weights. NOT in ``DEFAULT_REWRITES``: the zero taps (16 vs 9 for k3, 36 vs 16 for the unet's k4) and
-    the single-threaded DepthToSpace cost what the faster conv saves. Measured single-thread CPU per image:
-    mobile_resnet ngf16 25.1 -> 25.8 ms, resnet ngf64 533 -> 547 ms, unet ngf16 6.95 -> 10.1 ms.
+    the single-threaded DepthToSpace cost what the faster conv saves: on a 2-core CPU it made the mobile
+    student, the resnet teacher and the unet slower (no committed results file: the figures are not quoted).
     Kept (opt-in, tested) for machines with many threads, where the serial col2im may dominate.
     """
     from onnx import helper
@@ -175,8 +176,8 @@ def narrow_conv_space_to_depth(g: _Graph) -> int:
     256x256) computes 16 channels to keep 3. On the space-to-depth image (half the size, 4x the channels)
     the same conv is a (K//2+1)-square conv with 4*Cout outputs: 12 of 16 lanes used instead of 3, ~3x
     fewer multiply-adds executed. A following Tanh/Relu/Sigmoid moves before the DepthToSpace so that
-    onnxruntime still fuses it into the conv. Measured on this CPU (single thread): the student head node
-    10.8 -> 3.8 ms in isolation; whole student 30.4 -> 24.0 ms, teacher 565 -> 533 ms CPU per image.
+    onnxruntime still fuses it into the conv. Its effect on whole models is in
+    ``benchmarks/results/optimize-cpu.md`` (the only rewrite in ``DEFAULT_REWRITES``).
     Applied only when the conv input's height and width are statically known, even, and the kernel is odd.
     """
     from onnx import helper

@@ -3,7 +3,7 @@
 CRD cuts the student output S and the teacher output T into pieces (pixel rows, pixel columns,
 p x p patches) and asks the student to reproduce the *relations* between the teacher's pieces:
 their pairwise distances and the angles they form (RKD distance + 2 * RKD angle per granularity;
-see /work/shared/design/crd-method.md, section "CRD").
+see docs/method.md, "Content Relationship Distillation").
 
 Two implementations of the same numbers live here:
 
