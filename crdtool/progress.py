@@ -30,8 +30,9 @@ class StepProgress:
     is not preceded by an empty 0/N bar. ``footer`` is a second line (the bar's detail) a caller may set.
     """
 
-    def __init__(self, console: Console, description: str, total: int, interval: float = PLAIN_INTERVAL_S):
-        self.console, self.description, self.total, self.interval = console, description, total, interval
+    def __init__(self, console: Console, description: str, total: int, interval: float | None = None):
+        self.console, self.description, self.total = console, description, total
+        self.interval = PLAIN_INTERVAL_S if interval is None else interval
         self.footer = ""
         self._bar: Progress | None = None
         self._live: Live | None = None

@@ -36,6 +36,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 def write_tiny_recipe(folder: Path, **train) -> Path:
     d = copy.deepcopy(TINY)
     d["data"]["root"] = "data"
+    d["data"]["synth"]["count"] = 8  # 8 teacher steps per epoch
     d["train"].update(train)
     path = folder / "tiny.toml"
     path.write_text(dump_toml(d))
@@ -57,7 +58,7 @@ def interrupt_at(monkeypatch, step: int) -> None:
 def test_resume_hint_resumes_the_run_that_stopped(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = write_tiny_recipe(tmp_path, max_steps=6)
-    done = invoke("distill", str(recipe))
+    done = invoke("distill", str(recipe), "--max-steps", "1")
     assert done.exit_code == 0, done.output
     finished = snapshot(tmp_path / "runs" / "tiny")
 
@@ -219,3 +220,29 @@ def test_profile_of_a_run_folder_uses_its_training_size(tmp_path, monkeypatch):
     res = invoke("profile", "runs/tiny")
     assert res.exit_code == 0, res.output
     assert "1x3x32x32" in res.output and "256" not in res.output
+
+
+# ------------------------------------------------------------------------------------------------ progress
+
+def test_piped_run_prints_plain_progress_lines_with_the_average_rate(tmp_path, monkeypatch):
+    import crdtool.progress
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(crdtool.progress, "PLAIN_INTERVAL_S", 0.0)  # a line per step, as a long run gets one per 30 s
+    recipe = write_tiny_recipe(tmp_path, max_steps=4)
+    res = invoke("distill", str(recipe))
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if re.match(r"distill: +\d+% \d+/\d+ \[\d\d:\d\d<", ln)]
+    assert len(lines) >= 6 and lines[-1].startswith("distill: 100% 12/12 [")
+    last_rate = float(re.search(r", ([\d.]+) it/s\]", lines[-1]).group(1))
+    summary_rate = float(re.search(r"in \d+ s, ([\d.]+) steps/s on average", res.output).group(1))
+    assert last_rate == pytest.approx(summary_rate, rel=0.5)  # the average, not the last burst
+
+
+def test_no_empty_progress_bar_before_an_early_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_tiny_recipe(tmp_path, max_steps=1)
+    assert invoke("distill", str(recipe)).exit_code == 0
+    res = invoke("distill", str(recipe))  # the run folder already holds a run
+    assert res.exit_code == 1 and "already holds a run" in res.output
+    assert "0/" not in res.output and "distill:" not in res.output

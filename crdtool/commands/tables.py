@@ -47,10 +47,11 @@ def print_distill_result(console: Console, recipe, result, resume_hint: str | No
                       f"{resume_hint or resume_command(result)}", highlight=False, soft_wrap=True)
     start = result.resumed_from or 0
     done = result.steps - start
-    rate = f", {done / result.seconds:.1f} steps/s" if result.seconds > 0 and done > 0 else ""
+    rate = f", {done / result.seconds:.2f} steps/s on average" if result.seconds > 0 and done > 0 else ""
     span = f"steps {start} -> {result.steps}" if result.resumed_from is not None else f"{result.steps} steps"
-    table = Table(title=f"distill {recipe.name}: {span} ({result.student_steps} student) "
-                        f"in {result.seconds:.0f} s{rate}")
+    console.print(f"distill {recipe.name}: {span} ({result.student_steps} student) in {result.seconds:.0f} s{rate}",
+                  style="bold", markup=False, highlight=False)
+    table = Table()
     table.add_column("student vs teacher")
     table.add_column("PSNR (dB)", justify="right")
     table.add_column("SSIM", justify="right")
