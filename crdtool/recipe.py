@@ -71,6 +71,10 @@ class GeneratorConfig(RecipeSection):
     norm: Optional[Literal["instance", "batch", "none"]] = None
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     scale: Optional[int] = Field(None, ge=1, description="SR families: upscaling factor (default data.scale)")
+    affine: bool = Field(False, description="resnet families: InstanceNorm with a learned scale and shift")
+    residual: bool = Field(False, description=(
+        "resnet families: output = clamp(input + head, -1, 1) instead of tanh(head); starts as the identity, "
+        "for subtle photo->photo teachers"))
     checkpoint: Optional[Path] = Field(None, description=(
         "teacher only: load pretrained weights instead of training (a file, or a cached id such as "
         "\"weights:vintagify\")"))
@@ -84,7 +88,8 @@ class GeneratorConfig(RecipeSection):
 
             return load_arch_spec(self.arch)
         return family_spec(self.arch, ngf=self.ngf, n_blocks=self.n_blocks, num_downs=self.num_downs,
-                           norm=self.norm, dropout=self.dropout, scale=self.scale)
+                           norm=self.norm, dropout=self.dropout, scale=self.scale, affine=self.affine,
+                           residual=self.residual)
 
 
 class DiscriminatorConfig(RecipeSection):

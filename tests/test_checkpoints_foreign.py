@@ -145,3 +145,15 @@ def test_real_vintagify_teacher_when_cached():
     assert sum(p.numel() for p in g.parameters()) == 11_388_675
     assert sum(m.weight.numel() + m.bias.numel() for m in g.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))) == 11_378_179
     assert g.spec.affine and g.spec.n_blocks == 9 and g.spec.ngf == 64
+
+
+def test_recipe_student_residual_and_affine(tmp_path):
+    from tests.helpers import tiny_recipe
+
+    r = tiny_recipe(tmp_path, student={"arch": "mobile_resnet", "ngf": 2, "n_blocks": 2, "residual": True,
+                                       "affine": True})
+    spec = r.student.spec()
+    assert spec.residual and spec.affine and spec.name == "mobile_resnet"
+    assert not r.teacher.spec().residual
+    with pytest.raises(CrdError, match="does not support residual"):
+        tiny_recipe(tmp_path, student={"arch": "unet", "ngf": 2, "residual": True}).student.spec()
