@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from crdtool.errors import CrdError
 from crdtool.fileio import atomic_path
+from crdtool.tensorfiles import describe_model, load_state_strict, read_safetensors  # noqa: F401  (re-exported)
 from crdtool.models.registry import GeneratorSpec, build_generator
 
 GENERATOR_FORMAT = "crdtool.generator"
@@ -37,18 +38,6 @@ def save_generator(model: nn.Module, path: str | Path, extra: dict[str, str] | N
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for corrupt headers/truncation
-        raise CrdError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
-    return tensors, meta
 
 
 def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -79,26 +68,6 @@ def clean_official_state_dict(state: dict[str, torch.Tensor], model: nn.Module) 
         if k.endswith("num_batches_tracked") and k not in out:
             out[k] = v
     return out
-
-
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load or raise one line naming the first mismatching key and its shapes."""
-    wanted = model.state_dict()
-    for k, v in wanted.items():
-        if k not in state:
-            raise CrdError(f"{source} does not fit {_describe(model)}: missing key {k!r} (expected shape {tuple(v.shape)})")
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise CrdError(f"{source} does not fit {_describe(model)}: key {k!r} has shape {tuple(state[k].shape)}, "
-                           f"expected {tuple(v.shape)}")
-    extra = [k for k in state if k not in wanted]
-    if extra:
-        raise CrdError(f"{source} does not fit {_describe(model)}: unexpected key {extra[0]!r}")
-    model.load_state_dict(state, strict=True)
-
-
-def _describe(model: nn.Module) -> str:
-    spec = getattr(model, "spec", None)
-    return spec.describe() if spec is not None else type(model).__name__
 
 
 @dataclass(frozen=True)
@@ -247,38 +216,6 @@ def resolve_generator_path(path: str | Path) -> Path:
     if not path.is_file():
         raise CrdError(f"checkpoint not found: {path}")
     return path
-
-
-def load_discriminator_weights(model: nn.Module, path: str | Path, prefix: str = "D_A") -> Path:
-    """Load a discriminator's weights in place from a run folder, a checkpoint folder or a weights file.
-
-    A run folder means its latest checkpoint; in a checkpoint (``weights.safetensors``) the weights are
-    the ones under ``prefix`` ("D_A": the A->B teacher's D). A ``.safetensors`` file may hold them with
-    or without that prefix; any other file is read as an official ``latest_net_D*.pth`` state dict.
-    Returns the file read. A file that does not fit ``model`` is a one-line ``CrdError``.
-    """
-    from crdtool.train import state as ckpt
-
-    path = Path(path)
-    source = path
-    if path.is_dir():
-        folder = ckpt.latest_checkpoint(path) or path
-        source = folder / "weights.safetensors"
-        if not source.is_file():
-            raise CrdError(f"{path} is neither a crdtool run folder with a checkpoint nor a checkpoint folder")
-    elif not path.is_file():
-        raise CrdError(f"discriminator checkpoint not found: {path}")
-    if source.suffix == ".safetensors":
-        state, _ = read_safetensors(source)
-        if any(k.startswith(prefix + ".") for k in state):  # a checkpoint's weights file, or one saved like it
-            ckpt.load_module_weights(prefix, model, ckpt.Snapshot(weights=state), source)
-            return source
-        if path.is_dir():
-            raise CrdError(f"{source} holds no {prefix} weights (was that run's discriminator disabled?)")
-    else:
-        state = clean_official_state_dict(read_torch_state_dict(source), model)
-    load_state_strict(model, state, source)
-    return source
 
 
 def checkpoint_layout(path: str | Path) -> str:

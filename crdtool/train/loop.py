@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir, write_bytes_atomic
 from crdtool.models import build_discriminator, build_generator, generator_stride
-from crdtool.models.checkpoints import load_discriminator_weights, load_generator, save_generator
+from crdtool.models.checkpoints import load_generator, save_generator
 from crdtool.recipe import Recipe
 from crdtool.runtime import Runtime
 from crdtool.train import state as ckpt
@@ -191,7 +191,7 @@ class Distiller:
         self.D_A = build_discriminator(d_in, disc.ndf, disc.n_layers, disc.norm) if uses_d else None
         self.D_B = build_discriminator(3, disc.ndf, disc.n_layers, disc.norm) if self.G_B is not None else None
         if disc.checkpoint is not None and self.D_A is not None:  # a resumed run's checkpoint overrides this later
-            load_discriminator_weights(self.D_A, disc.checkpoint)
+            ckpt.load_discriminator_weights(self.D_A, disc.checkpoint)
 
         for name in ("G_A", "G_B", "student", "D_A", "D_B"):
             m = getattr(self, name)

@@ -26,6 +26,7 @@ import torch
 
 from crdtool.errors import CrdError
 from crdtool.fileio import atomic_path, write_json_atomic
+from crdtool.tensorfiles import load_state_strict, read_safetensors
 
 STATE_VERSION = 1
 
@@ -145,8 +146,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> Snapshot:
-    from crdtool.models.checkpoints import read_safetensors
-
     weights, _ = read_safetensors(path / "weights.safetensors")
     tensors, _ = read_safetensors(path / "optim.safetensors")
     try:
@@ -164,8 +163,6 @@ def module_weights(prefix: str, module: torch.nn.Module, snap: Snapshot) -> None
 
 
 def load_module_weights(prefix: str, module: torch.nn.Module, snap: Snapshot, source: Path) -> None:
-    from crdtool.models.checkpoints import load_state_strict
-
     p = prefix + "."
     state = {k[len(p):]: v for k, v in snap.weights.items() if k.startswith(p)}
     load_state_strict(module, state, f"{source} ({prefix})")
@@ -179,3 +176,35 @@ def pack_scalers(states: dict[str, dict[str, Any]], snap: Snapshot) -> None:
 
 def unpack_scalers(snap: Snapshot) -> dict[str, dict[str, Any]]:
     return snap.state.get("grad_scalers", {})
+
+
+def load_discriminator_weights(model: torch.nn.Module, path: str | Path, prefix: str = "D_A") -> Path:
+    """Load a discriminator's weights in place from a run folder, a checkpoint folder or a weights file.
+
+    A run folder means its latest checkpoint; in a checkpoint (``weights.safetensors``) the weights are
+    the ones under ``prefix`` ("D_A": the A->B teacher's D). A ``.safetensors`` file may hold them with
+    or without that prefix; any other file is read as an official ``latest_net_D*.pth`` state dict.
+    Returns the file read. A file that does not fit ``model`` is a one-line ``CrdError``.
+    """
+    from crdtool.models.checkpoints import clean_official_state_dict, read_torch_state_dict
+
+    path = Path(path)
+    source = path
+    if path.is_dir():
+        folder = latest_checkpoint(path) or path
+        source = folder / "weights.safetensors"
+        if not source.is_file():
+            raise CrdError(f"{path} is neither a crdtool run folder with a checkpoint nor a checkpoint folder")
+    elif not path.is_file():
+        raise CrdError(f"discriminator checkpoint not found: {path}")
+    if source.suffix == ".safetensors":
+        state, _ = read_safetensors(source)
+        if any(k.startswith(prefix + ".") for k in state):  # a checkpoint's weights file, or one saved like it
+            load_module_weights(prefix, model, Snapshot(weights=state), source)
+            return source
+        if path.is_dir():
+            raise CrdError(f"{source} holds no {prefix} weights (was that run's discriminator disabled?)")
+    else:
+        state = clean_official_state_dict(read_torch_state_dict(source), model)
+    load_state_strict(model, state, source)
+    return source
