@@ -282,3 +282,31 @@ def test_sr_export_is_dynamic_and_bench_scores_it(tmp_path):
     assert q_onnx["psnr"] == pytest.approx(q_torch["psnr"], abs=1e-3) and q_onnx["images"] == 2
     rows = sr_latency(onnx_path, sizes=((9, 16),), runs=1, warmup=0)
     assert rows[0]["output"] == [36, 64]
+
+
+def test_sr_search_respects_budget_and_its_arch_trains(tmp_path):
+    """A tiny AGD SR search: the derived sr_arch.json fits the budget (exact MACs = profile) and distils."""
+    from crdtool.search.sr_space import SRSearchConfig, SRSupernet, run_sr_search
+
+    _tiny_sr_data(tmp_path / "data")
+    cfg = SRSearchConfig(data=tmp_path / "data", train_sets=["train", "val"], num_feat=8, cells=3, widths=(4, 8),
+                         steps=4, batch_size=2, crop_size=16, size=16, budget=1_500_000, out_dir=tmp_path / "s")
+    arch = run_sr_search(cfg)
+    assert arch["meta"]["macs"] <= 1_500_000 == arch["meta"]["budget_macs"]
+    assert profile_spec(sr_arch_spec(arch), 16).macs["exact"] == arch["meta"]["macs"]
+    # the expected MACs of a one-hot supernet equal the derived network's exact count
+    net = SRSupernet(cfg)
+    with torch.no_grad():
+        net.alpha.fill_(-1e4)
+        net.beta.fill_(-1e4)
+        net.alpha[:, SR_OPS.index("residual")] = 0
+        net.beta[:, 1] = 0
+    one_hot = {"scale": 4, "num_feat": 8, "cells": [{"op": "residual", "width": 8}] * 3}
+    assert float(net.expected_macs().detach()) == pytest.approx(sr_arch_macs(one_hot, 16, 16))
+    with pytest.raises(CrdError, match="fits"):
+        net.derive(1000)
+    recipe = _tiny_recipe(tmp_path, None)
+    recipe.write_text(recipe.read_text().replace('arch = "sr_resnet"', f'arch = "{(tmp_path / "s" / "sr_arch.json").as_posix()}"'))
+    from crdtool.distill import run
+
+    assert run(recipe).steps == 6

@@ -1,0 +1,271 @@
+"""Super-resolution evidence: the ESRGAN teacher's cost, the bicubic baselines, and two students.
+
+Stages (each writes benchmarks/results/sr/<stage>.json; a finished stage is skipped, an interrupted
+training resumes from its checkpoint, so a longer budget completes later with the same command):
+
+  profile    rrdb at a 256x256 LR input: params, MACs (literature / exact / AGD's thop count)
+  baselines  bicubic x4 PSNR-Y / SSIM-Y on Set5, Set14, B100 (the published 28.42 / 26.00 / 25.96)
+  a          PSNR-oriented: search an SR student under 110.9 GMACs (AGD's budget) on T91 + BSD200, train
+             the derived network on HR only, score it on Set5 / Set14 / B100 next to the published anchors
+  b          Real-ESRGAN x4plus distilled into a student at <= 1/10 of its MACs (L1 + CRD to the teacher's
+             cached outputs), scored against the teacher's outputs, with an image grid and both latencies
+
+    python benchmarks/sr.py                         # every stage at the budget below (CPU, threads 1)
+    python benchmarks/sr.py --stages b --b-steps 20000 --sets Set5 Set14 B100   # a longer run later
+
+The default data folder is ../shared/data/sr beside the repository (this script's choice; crdtool itself
+takes data paths as arguments). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "sr"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "sr"
+DEFAULT_TEACHER = ROOT.parent / "shared" / "weights" / "realesrgan_x4plus_rrdb.fp16.safetensors"
+AGD_BUDGET = 110.9e9
+# published x4 PSNR-Y anchors (Set5 / Set14 / B100) and their MACs at a 256x256 LR input where known
+ANCHORS = {
+    "bicubic": {"Set5": 28.42, "Set14": 26.00, "B100": 25.96, "gmacs": 0.0},
+    "FSRCNN": {"Set5": 30.71, "Set14": 27.59, "B100": 26.98},
+    "VDSR": {"Set5": 31.35, "Set14": 28.01, "B100": 27.29},
+    "AGD": {"Set5": 31.79, "Set14": 28.36, "B100": 27.41, "gmacs": 110.9},
+    "ESRGAN-PSNR (RRDB)": {"Set5": 32.73, "Set14": 28.99, "B100": 27.85, "gmacs": 1176.6},
+}
+
+
+def host() -> dict[str, Any]:
+    import torch
+
+    from crdtool.bench.env import cpu_info, load_avg
+    from crdtool.deploy.manifest import library_versions
+
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu_info(), "isa": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "fma")),
+            "torch_threads": torch.get_num_threads(), "load_avg": load_avg(), "versions": library_versions(),
+            "command": "python benchmarks/sr.py " + " ".join(sys.argv[1:])}
+
+
+def write(name: str, doc: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def done(name: str) -> bool:
+    return (RESULTS / f"{name}.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def stage_profile(args) -> None:
+    from crdtool.models.registry import family_spec
+    from crdtool.profile import profile_spec
+
+    t0 = time.time()
+    p = profile_spec(family_spec("rrdb"), 256)
+    write("profile", {"model": "rrdb (ESRGAN RRDBNet, 23 blocks, num_feat 64, growth 32, x4)", "input": [1, 3, 256, 256],
+                      "params": p.params, "macs": {**p.macs, **p.extra_macs},
+                      "note": "agd = thop as AGD_SR counts: convs + 1 per biased conv output + 1 per LeakyReLU output",
+                      "seconds": time.time() - t0, "host": host()})
+
+
+def stage_baselines(args) -> None:
+    from crdtool.data.sr import load_eval_set
+    from crdtool.metrics.sr import bicubic_upscale, score_set
+
+    rows = {}
+    for name in ("Set5", "Set14", "B100"):
+        pairs = load_eval_set(args.data / name, 4)
+        s = score_set([bicubic_upscale(p, 4) for p in pairs], [p.hr for p in pairs], [p.name for p in pairs], 4)
+        rows[name] = {"psnr": round(s.psnr, 3), "ssim": round(s.ssim, 4), "published_psnr": ANCHORS["bicubic"][name]}
+        print(name, rows[name])
+    write("baselines", {"method": "MATLAB-style bicubic x4 (crdtool.data.sr.imresize), PSNR-Y/SSIM-Y, border 4",
+                        "sets": rows, "host": host()})
+
+
+def _recipe(name: str, data: Path, student: dict[str, Any], teacher: Path | None, steps: int, train_sets: list[str],
+            loss: dict[str, Any], max_images: int | None, crop: int, batch: int):
+    from crdtool.recipe import parse_recipe
+
+    doc = {"name": name, "task": "sr", "seed": 0, "output_dir": str(ROOT / "runs" / "sr-evidence" / name),
+           "data": {"root": str(data), "scale": 4, "train_sets": train_sets, "eval_sets": ["Set5"],
+                    "crop_size": crop, "batch_size": batch, "eval_images": 5,
+                    **({"max_images": max_images} if max_images else {})},
+           "student": student, "loss": loss,
+           "train": {"lr": 5e-4, "beta1": 0.9, "beta2": 0.99, "max_steps": steps, "eval_every": max(steps // 4, 1),
+                     "checkpoint_every": max(steps // 8, 1), "threads": 1}}
+    if teacher is not None:
+        doc["teacher"] = {"arch": "rrdb", "checkpoint": str(teacher)}
+    return parse_recipe(doc, f"benchmarks/sr.py:{name}")
+
+
+def _train(recipe) -> tuple[Any, float]:
+    from crdtool.distill import run
+
+    t0 = time.time()
+    resume = (recipe.run_dir / "checkpoints" / "latest.json").is_file()
+    result = run(recipe, resume=resume)
+    return result, time.time() - t0
+
+
+def _score_sets(artifact: Path, data: Path, sets: list[str], reference: dict[str, list] | None = None):
+    """PSNR/SSIM vs HR (and vs ``reference`` outputs per set) of a PyTorch SR generator."""
+    from crdtool.bench.sr import sr_upscaler
+    from crdtool.data.sr import load_eval_set
+    from crdtool.metrics.sr import evaluate_sr, score_set
+
+    upscale, _ = sr_upscaler(artifact)
+    out = {}
+    for name in sets:
+        pairs = load_eval_set(data / name, 4)
+        s, outs = evaluate_sr(upscale, pairs, 4)
+        row = {"psnr": round(s.psnr, 3), "ssim": round(s.ssim, 4)}
+        if reference is not None and name in reference:
+            f = score_set(outs, reference[name], [p.name for p in pairs], 4)
+            row.update(psnr_vs_teacher=round(f.psnr, 3), ssim_vs_teacher=round(f.ssim, 4))
+        out[name] = row
+        print(artifact.name, name, row)
+    return out
+
+
+def stage_a(args) -> None:
+    from crdtool.models.checkpoints import load_generator
+    from crdtool.profile import profile_model
+    from crdtool.search.sr_space import SRSearchConfig, run_sr_search
+
+    run_root = ROOT / "runs" / "sr-evidence"
+    arch_path = run_root / "a-search" / "sr_arch.json"
+    if not arch_path.is_file():
+        cfg = SRSearchConfig(data=args.data, train_sets=["train/T91", "train/BSD200"], budget=AGD_BUDGET,
+                             steps=args.a_search_steps, out_dir=run_root / "a-search", threads=1)
+        run_sr_search(cfg)
+    arch = json.loads(arch_path.read_text())
+    recipe = _recipe("a-train", args.data, {"arch": str(arch_path)}, None, args.a_steps,
+                     ["train/T91", "train/BSD200"], {"kd": "none", "lambda_pixel": 0.0, "lambda_hr": 1.0},
+                     None, 96, 16)
+    result, seconds = _train(recipe)
+    student = recipe.run_dir / "student.safetensors"
+    model = load_generator(student)
+    p = profile_model(model, (1, 3, 256, 256))
+    scores = _score_sets(student, args.data, args.sets)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(student, RESULTS / "a-student.safetensors")
+    shutil.copy2(arch_path, RESULTS / "a-sr_arch.json")
+    write("a", {"what": "searched SR student, PSNR-oriented (L1 to HR, no teacher), CPU short budget",
+                "arch": arch, "search_steps": args.a_search_steps, "train_steps": result.steps,
+                "train_seconds": round(seconds, 1), "patch": "96x96 HR / 24x24 LR, batch 16, T91 + BSD200",
+                "gmacs_256": {k: round(v / 1e9, 3) for k, v in {**p.macs, **p.extra_macs}.items()},
+                "params": p.params, "sets": scores, "anchors": ANCHORS, "host": host()})
+
+
+def stage_b(args) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from crdtool.bench.sr import sr_latency
+    from crdtool.data.sr import load_eval_set, to_tensor, to_uint8
+    from crdtool.metrics.sr import bicubic_upscale, score_set
+    from crdtool.models.checkpoints import load_generator
+    from crdtool.models.rrdb import load_rrdb
+    from crdtool.profile import profile_model
+    from crdtool.train.teacher_cache import TeacherCache
+
+    student_cfg = {"arch": "sr_resnet", "ngf": 32, "n_blocks": 8}
+    recipe = _recipe("b-distill", args.data, student_cfg, args.teacher, args.b_steps, ["train/T91"],
+                     {"kd": "crd", "lambda_crd": 1.0, "patch_size": 32, "lambda_pixel": 1.0, "lambda_hr": 0.0},
+                     args.b_images, 64, 16)
+    result, seconds = _train(recipe)
+    student_path = recipe.run_dir / "student.safetensors"
+    teacher = load_rrdb(args.teacher)
+    cache = TeacherCache(teacher, folder=recipe.run_dir / "teacher_cache")
+    reference = {}
+    for name in args.sets:
+        pairs = load_eval_set(args.data / name, 4)
+        reference[name] = [to_uint8(cache.outputs([p.path], to_tensor(p.lr)[None], "sr-x4-eval")[0]) for p in pairs]
+    scores = _score_sets(student_path, args.data, args.sets, reference)
+    t_scores = {}
+    for name in args.sets:  # the teacher against HR, from the same cached outputs
+        pairs = load_eval_set(args.data / name, 4)
+        s = score_set(reference[name], [p.hr for p in pairs], [p.name for p in pairs], 4)
+        t_scores[name] = {"psnr": round(s.psnr, 3), "ssim": round(s.ssim, 4)}
+    pt = profile_model(teacher, (1, 3, 256, 256), name="rrdb (Real-ESRGAN x4plus)")
+    ps = profile_model(load_generator(student_path), (1, 3, 256, 256))
+    # grid: LR (nearest x4) | bicubic | teacher | student, first image of each set
+    rows = []
+    student = load_generator(student_path).eval()
+    for name in args.sets:
+        pair = load_eval_set(args.data / name, 4, max_images=1)[0]
+        lr_up = np.kron(pair.lr, np.ones((4, 4, 1), np.uint8))
+        bic = bicubic_upscale(pair, 4)
+        bic = bic if bic.ndim == 3 else np.repeat(bic[:, :, None], 3, axis=2)
+        with torch.no_grad():
+            st = to_uint8(student(to_tensor(pair.lr)[None])[0])
+        row = np.concatenate([lr_up, bic, reference[name][0], st], axis=1)
+        rows.append(row[:256] if row.shape[0] >= 256 else np.pad(row, ((0, 256 - row.shape[0]), (0, 0), (0, 0))))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    width = max(r.shape[1] for r in rows)
+    Image.fromarray(np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])).save(
+        RESULTS / "b-grid.png")
+    shutil.copy2(student_path, RESULTS / "b-student.safetensors")
+    lat_s = sr_latency(student_path, runs=5, warmup=1, threads=1)
+    lat_t = sr_latency(args.teacher, runs=1, warmup=0, threads=1)
+    write("b", {"what": "Real-ESRGAN x4plus -> sr_resnet ngf32 x8 blocks: L1 + CRD to the teacher's cached outputs, "
+                        "T91 patches 64x64 HR, batch 16, CPU short budget",
+                "train_steps": result.steps, "train_images": args.b_images or 91, "train_seconds": round(seconds, 1),
+                "gmacs_256": {"teacher": {k: round(v / 1e9, 3) for k, v in {**pt.macs, **pt.extra_macs}.items()},
+                              "student": {k: round(v / 1e9, 3) for k, v in {**ps.macs, **ps.extra_macs}.items()}},
+                "params": {"teacher": pt.params, "student": ps.params},
+                "student": scores, "teacher_vs_hr": t_scores,
+                "latency_ms_threads1": {"teacher": lat_t, "student": lat_s},
+                "grid": "b-grid.png (rows: first image of each set; LR nearest x4 | bicubic | teacher | student)",
+                "host": host()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
+    ap.add_argument("--stages", nargs="+", default=["profile", "baselines", "a", "b"])
+    ap.add_argument("--sets", nargs="+", default=["Set5", "Set14", "B100"])
+    ap.add_argument("--a-search-steps", type=int, default=300)
+    ap.add_argument("--a-steps", type=int, default=3000)
+    ap.add_argument("--b-steps", type=int, default=3000)
+    ap.add_argument("--b-images", type=int, default=None, help="train on the first N T91 images (teacher cost)")
+    ap.add_argument("--force", action="store_true", help="redo stages whose JSON exists")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    for stage in args.stages:
+        if done(stage) and not args.force:
+            print(f"{stage}: done ({(RESULTS / (stage + '.json')).relative_to(ROOT)}); skipped")
+            continue
+        print(f"== {stage}")
+        {"profile": stage_profile, "baselines": stage_baselines, "a": stage_a, "b": stage_b}[stage](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
