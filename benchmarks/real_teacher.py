@@ -1,0 +1,707 @@
+"""A real trained teacher, distilled on real photos: does the student do the teacher's job on held-out images?
+
+Teacher: the ``vintagify`` CycleGAN (modern photo -> vintage photo; resnet_9blocks ngf64 with affine
+InstanceNorm, 56.80 GMACs at 256 px). Student: mobile_resnet ngf16 (1.408 GMACs) with a global
+input skip (``residual = true``: out = clamp(x + head(features), -1, 1), no extra MACs), the common
+architecture of every arm, so that a student of this subtle photo->photo translation starts near
+the identity instead of at a blank image.
+
+The teacher is paid for once: every image it will ever see (a training subset of trainA and the
+held-out testA) is translated whole at 256 px and kept in a ``TeacherCache``; the students then
+train on random crops of (input, cached teacher output) pairs.
+
+Arms, at equal budget (same student, images, steps, seeds; only the loss differs):
+
+  pixel        L1 to the teacher output
+  vgg          VGG-19 perceptual loss only
+  crd          CRD only (rows, columns, patches; RKD distance + angle)
+  crd_vgg      CRD + VGG
+  crd_vgg_gan  CRD + VGG + GAN; D learns teacher output (real) vs student output (fake)
+  rkd_vgg      instance-level RKD (relations between whole images of a batch) + VGG
+  pixel_plain  (reference row) L1, the plain tanh student without the input skip
+
+Metrics on testA (never trained on), against the teacher's outputs: PSNR and SSIM; FID and KID of
+student outputs vs teacher outputs (TF-Inception; 100 vs 100 images, so FID is the exact low-rank
+value). Reference rows: the untranslated inputs, and the teacher itself on the training photos,
+a split disjoint from testA (the FID floor: how far apart two sets of the teacher's own outputs
+are; on these 2 shared cores a separate reference split was not affordable). Deployment: every
+seed-0 student and the teacher exported to ONNX fp32 and int8 (onnxruntime, CPU), timed, and the
+int8 student's fidelity to the teacher on testA.
+
+    python benchmarks/real_teacher.py                                  # data: ../shared/data/photo2anime
+    python benchmarks/real_teacher.py --data DIR --teacher weights:vintagify --vgg weights:vgg19 --seeds 0 1 2
+
+Resumable: a finished (arm, seed) run (its metrics.json) is skipped; the aggregate files are rewritten
+from whatever runs exist. Writes benchmarks/results/real_teacher.{json,md,png},
+benchmarks/results/real_teacher/runs/<arm>-seed<k>/ and <arm>-seed0.safetensors copies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RESULT_FORMAT = "crdtool.real-teacher"
+VIEW = "resize256"  # the cache entry: whole image, square bicubic resize to 256
+
+ARMS: dict[str, str] = {
+    "pixel": "L1 to the teacher output",
+    "vgg": "VGG-19 perceptual loss",
+    "crd": "CRD",
+    "crd_vgg": "CRD + VGG-19",
+    "crd_vgg_gan": "CRD + VGG-19 + GAN (D: teacher output vs student output)",
+    "rkd_vgg": "instance-level RKD + VGG-19",
+    "pixel_plain": "L1 to the teacher output, plain tanh student (no input skip)",
+}
+DEFAULT_ARMS = ["pixel", "vgg", "crd", "crd_vgg", "crd_vgg_gan", "rkd_vgg"]
+
+
+@dataclass
+class Settings:
+    data: Path = ROOT.parent / "shared" / "data" / "photo2anime"
+    teacher: str = "weights:vintagify"
+    vgg: str = "weights:vgg19"
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_images: int = 100  # first N of trainA; also the teacher's reference split (disjoint from testA)
+    size: int = 256
+    crop: int = 64
+    batch: int = 4
+    steps: int = 200
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_from: float = 0.5  # lr decays linearly to 0 over the last half of the steps
+    lambda_pixel: float = 10.0
+    lambda_crd: float = 25.0
+    lambda_gan: float = 1.0
+    crd_patch: int = 32
+    threads: int = 1  # on a shared 2-core host one thread per process beat two (less oversubscription)
+    results_dir: Path = RESULTS
+    work_dir: Path = ROOT / "runs" / "real_teacher"  # references, exports (not committed)
+    cache_dir: Path = ROOT / "runs" / "real_teacher" / "teacher_cache"
+    latency: bool = True
+    log_every: int = 50
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def rel(p: Path) -> str:
+    """Paths in results are relative to the repository (never this machine's absolute paths)."""
+    try:
+        return str(Path(p).resolve().relative_to(ROOT))
+    except ValueError:
+        return Path(p).name
+
+
+def resolve_weights(ref: str) -> Path:
+    """A ``weights:<id>`` reference (crdtool's weights registry) or a plain path."""
+    if ref.startswith("weights:"):
+        from crdtool.weights import KNOWN, cached_path
+
+        wid = ref.removeprefix("weights:")
+        if wid not in KNOWN:
+            raise SystemExit(f"unknown weights id {wid!r}; known: {', '.join(KNOWN)}")
+        path = cached_path(wid)
+        if path is None:
+            raise SystemExit(f"{ref} is not fetched yet: run `crdtool weights get {wid}`")
+        return path
+    return Path(ref)
+
+
+# ----------------------------------------------------------------------------- data and teacher
+
+
+@dataclass
+class Split:
+    files: list[Path]
+    inputs: torch.Tensor  # (N, 3, 256, 256) in [-1, 1]
+    teacher: torch.Tensor  # cached teacher outputs, same shape
+
+
+def load_teacher(s: Settings):
+    from crdtool.models.checkpoints import load_generator
+
+    return load_generator(resolve_weights(s.teacher)).eval().requires_grad_(False)
+
+
+def split_files(s: Settings) -> dict[str, list[Path]]:
+    from crdtool.data.images import list_images
+
+    train = list_images(s.data / "trainA")
+    if s.train_images > len(train):
+        raise SystemExit(f"trainA has {len(train)} images, fewer than --train-images {s.train_images}")
+    return {"test": list_images(s.data / "testA"), "train": train[:s.train_images]}
+
+
+def build_splits(s: Settings, cache) -> dict[str, Split]:
+    """Inputs and teacher outputs of every split, the teacher running only on cache misses."""
+    from crdtool.data.images import load_image
+    from crdtool.data.transforms import eval_transform
+
+    out = {}
+    for name, files in split_files(s).items():
+        xs, ts = [], []
+        t0, misses0 = time.perf_counter(), cache.misses
+        for i in range(0, len(files), 4):
+            chunk = files[i:i + 4]
+            x = torch.stack([eval_transform(load_image(f), s.size) for f in chunk])
+            ts.append(cache.outputs(chunk, x, VIEW))
+            xs.append(x)
+        log(f"split {name}: {len(files)} images, {cache.misses - misses0} translated by the teacher "
+            f"({time.perf_counter() - t0:.0f} s)")
+        out[name] = Split(files, torch.cat(xs), torch.cat(ts))
+    return out
+
+
+# ----------------------------------------------------------------------------- students and losses
+
+
+def student_spec(arm: str):
+    from crdtool.models import GeneratorSpec
+
+    return GeneratorSpec("mobile_resnet", ngf=16, residual=arm != "pixel_plain").resolved()
+
+
+def arm_terms(arm: str) -> set[str]:
+    return {"pixel": {"pixel"}, "pixel_plain": {"pixel"}, "vgg": {"vgg"}, "crd": {"crd"},
+            "crd_vgg": {"crd", "vgg"}, "crd_vgg_gan": {"crd", "vgg", "gan"}, "rkd_vgg": {"rkd", "vgg"}}[arm]
+
+
+class Losses:
+    """crdtool's loss modules for one arm; ``student_loss(s, t) -> (total, {name: value})``."""
+
+    def __init__(self, s: Settings, arm: str, perceptual=None):
+        from crdtool.losses import CRDLoss, GANLoss, InstanceRKDLoss
+        from crdtool.models import build_discriminator
+
+        self.s, self.terms = s, arm_terms(arm)
+        self.crd = CRDLoss(patch_size=s.crd_patch) if "crd" in self.terms else None
+        self.rkd = InstanceRKDLoss() if "rkd" in self.terms else None
+        self.perceptual = perceptual if "vgg" in self.terms else None
+        self.gan = GANLoss("lsgan") if "gan" in self.terms else None
+        self.D = build_discriminator(3, 64, 3, "instance") if self.gan else None
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=s.lr, betas=s.betas) if self.D else None
+
+    def student_loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        s, parts = self.s, {}
+        if "pixel" in self.terms:
+            parts["pixel"] = s.lambda_pixel * F.l1_loss(out, target)
+        if self.crd is not None:
+            parts["crd"] = s.lambda_crd * self.crd(out, target)
+        if self.rkd is not None:
+            parts["rkd"] = s.lambda_crd * self.rkd(out, target)
+        if self.perceptual is not None:
+            parts.update(self.perceptual(out, target))
+        if self.D is not None:
+            self.D.requires_grad_(False)
+            parts["gan"] = s.lambda_gan * self.gan.generator(self.D(out))
+            self.D.requires_grad_(True)
+        total = sum(parts.values())
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def discriminator_step(self, out: torch.Tensor, target: torch.Tensor) -> float | None:
+        """Teacher-only D: teacher output is real, the student's (detached) output is fake."""
+        if self.D is None:
+            return None
+        loss = self.gan.discriminator(self.D(target), self.D(out.detach()))
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_D.step()
+        return float(loss.detach())
+
+
+VGG_TAPS = ("relu1_2", "relu2_2", "relu3_4")  # up to block 3: conv4 would double the VGG cost per step
+
+
+def build_perceptual(s: Settings):
+    """crdtool's VGG-19 perceptual loss, taps up to relu3_4, as ``(student, teacher) -> {term: weighted loss}``."""
+    from crdtool.losses.perceptual import PerceptualLoss, VGGConfig, VGGFeatures, load_vgg
+
+    full = load_vgg(resolve_weights(s.vgg))
+    c = full.config
+    taps = {k: v for k, v in c.taps.items() if k in VGG_TAPS}
+    config = VGGConfig(f"{c.name}-to-relu3", c.cfg, taps, tuple(k for k in c.style_layers if k in taps),
+                       c.feature_layer)
+    vgg = VGGFeatures(config, full.preprocessing, full.feature_scale, full.source)
+    wanted = vgg.state_dict()
+    vgg.load_state_dict({k: v for k, v in full.state_dict().items() if k in wanted})
+    loss = PerceptualLoss(vgg)
+
+    def terms(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+        style, feature = loss(student, teacher)
+        return {"style": 1e4 * style, "feature": 10.0 * feature}
+
+    return terms
+
+
+def random_batch(split: Split, rng: random.Random, s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random crop and flip of each (input, cached teacher output) pair."""
+    from crdtool.train.teacher_cache import crop_pair
+
+    xs, ts = [], []
+    for _ in range(s.batch):
+        i = rng.randrange(len(split.files))
+        top, left = rng.randint(0, s.size - s.crop), rng.randint(0, s.size - s.crop)
+        x, t = crop_pair(split.inputs[i], split.teacher[i], top, left, s.crop, rng.random() < 0.5)
+        xs.append(x)
+        ts.append(t)
+    return torch.stack(xs), torch.stack(ts)
+
+
+def lr_factor(s: Settings, step: int) -> float:
+    start = int(s.decay_from * s.steps)
+    return 1.0 if step < start else max(0.0, 1.0 - (step - start) / max(1, s.steps - start))
+
+
+def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual) -> tuple[Any, dict[str, Any]]:
+    from crdtool.models import build_generator
+
+    torch.manual_seed(seed)
+    rng = random.Random(f"real-teacher:{arm}:{seed}")
+    student = build_generator(student_spec(arm)).train()
+    losses = Losses(s, arm, perceptual)
+    opt = torch.optim.Adam(student.parameters(), lr=s.lr, betas=s.betas)
+    t0, running = time.perf_counter(), {}
+    for step in range(s.steps):
+        for g in opt.param_groups:
+            g["lr"] = s.lr * lr_factor(s, step)
+        x, t = random_batch(train, rng, s)
+        out = student(x)
+        loss, parts = losses.student_loss(out, t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        d = losses.discriminator_step(out, t)
+        if d is not None:
+            parts["D"] = d
+        for k, v in parts.items():
+            running[k] = running.get(k, 0.0) + v
+        if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+            n = (step % s.log_every) + 1
+            log(f"{arm} seed {seed} step {step + 1}/{s.steps} " +
+                " ".join(f"{k}={v / n:.4g}" for k, v in running.items()) +
+                f" ({(time.perf_counter() - t0) / (step + 1):.2f} s/step)")
+            running = {}
+    return student.eval(), {"train_seconds": round(time.perf_counter() - t0, 1),
+                            "s_per_step": round((time.perf_counter() - t0) / s.steps, 3)}
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def fidelity_scores(outputs: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
+    from crdtool.metrics.fidelity import fidelity
+
+    f = fidelity(outputs, teacher)
+    return {"psnr_vs_teacher": f.psnr_db, "ssim_vs_teacher": f.ssim}
+
+
+class Scorer:
+    """FID/KID against the teacher's testA outputs. Inception is the expensive part on a shared CPU
+    (~100x a student's forward), so features are kept on disk per name and scoring runs after training."""
+
+    def __init__(self, s: Settings, splits: dict[str, Split]):
+        self.s, self.splits = s, splits
+        self._inception = None
+
+    def features(self, name: str, images: torch.Tensor) -> np.ndarray:
+        from crdtool.metrics import extract_features, load_inception
+        from crdtool.metrics.fid import to_uint8_images
+
+        path = self.s.work_dir / "features" / f"{name}.npy"
+        if path.is_file():
+            return np.load(path)
+        if self._inception is None:
+            self._inception = load_inception()
+        t0 = time.perf_counter()
+        feats = extract_features(self._inception, [to_uint8_images(images)], batch_size=25)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, feats)
+        log(f"Inception features of {name}: {len(feats)} images, {time.perf_counter() - t0:.0f} s")
+        return feats
+
+    def score(self, name: str, outputs: torch.Tensor) -> dict[str, float]:
+        from crdtool.metrics import frechet_distance_from_features, kernel_inception_distance
+
+        ref = self.features("teacher-testA", self.splits["test"].teacher)
+        feats = self.features(name, outputs)
+        kid, kid_std = kernel_inception_distance(feats, ref, num_subsets=100, subset_size=50)
+        return {"fid_to_teacher": frechet_distance_from_features(feats, ref), "kid_to_teacher": kid,
+                "kid_std": kid_std}
+
+
+@torch.no_grad()
+def translate(model, inputs: torch.Tensor) -> torch.Tensor:
+    from crdtool.train.evaluate import translate as run
+
+    return run(model, inputs, batch=10)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run_dir(s: Settings, arm: str, seed: int) -> Path:
+    return s.results_dir / "real_teacher" / "runs" / f"{arm}-seed{seed}"
+
+
+def run_arm(s: Settings, arm: str, seed: int, splits: dict[str, Split], perceptual) -> dict:
+    from crdtool.fileio import write_json_atomic
+    from crdtool.models.checkpoints import save_generator
+
+    folder = run_dir(s, arm, seed)
+    done = folder / "metrics.json"
+    if done.is_file():
+        log(f"{arm} seed {seed}: done before, skipped")
+        return json.loads(done.read_text())
+    log(f"{arm} seed {seed}: training {s.steps} steps")
+    student, timing = train_arm(s, arm, seed, splits["train"], perceptual)
+    save_generator(student, folder / "student.safetensors")
+    metrics = fidelity_scores(translate(student, splits["test"].inputs), splits["test"].teacher)
+    result = {"arm": arm, "seed": seed, "steps": s.steps, **timing, **_round(metrics)}
+    write_json_atomic(done, result)
+    log(f"{arm} seed {seed}: PSNR {metrics['psnr_vs_teacher']:.2f} dB, SSIM {metrics['ssim_vs_teacher']:.4f}")
+    return result
+
+
+def score_fid(s: Settings, splits: dict[str, Split], scorer: Scorer, seeds: list[int]) -> None:
+    """Add FID/KID to every finished run of ``seeds`` that lacks them (resumable, one run at a time)."""
+    from crdtool.fileio import write_json_atomic
+    from crdtool.models.checkpoints import load_generator
+
+    for seed in seeds:
+        for arm in s.arms:
+            done = run_dir(s, arm, seed) / "metrics.json"
+            if not done.is_file():
+                continue
+            row = json.loads(done.read_text())
+            if "fid_to_teacher" in row:
+                continue
+            student = load_generator(run_dir(s, arm, seed) / "student.safetensors")
+            row.update(_round(scorer.score(f"{arm}-seed{seed}", translate(student, splits["test"].inputs))))
+            write_json_atomic(done, row)
+            log(f"{arm} seed {seed}: FID {row['fid_to_teacher']:.2f}, KID {row['kid_to_teacher']:.4f}")
+
+
+def _round(d: dict[str, Any], n: int = 5) -> dict[str, Any]:
+    return {k: (round(v, n) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def references(s: Settings, splits: dict[str, Split], scorer: Scorer | None = None) -> dict[str, Any]:
+    """The untranslated inputs and the teacher on a split disjoint from testA; FID/KID only with ``scorer``."""
+    from crdtool.fileio import write_json_atomic
+
+    cached = s.work_dir / "references.json"
+    out = json.loads(cached.read_text()) if cached.is_file() else {}
+    test = splits["test"]
+    if "input" not in out:
+        out = {"input": _round(fidelity_scores(test.inputs, test.teacher)), "teacher_ref_split": {}}
+    if scorer is not None and "fid_to_teacher" not in out["input"]:
+        out["input"].update(_round(scorer.score("input-testA", test.inputs)))
+        out["teacher_ref_split"].update(_round(scorer.score("teacher-train", splits["train"].teacher)))
+    write_json_atomic(cached, out)
+    return out
+
+
+def cache_speedup(s: Settings, teacher, splits: dict[str, Split], perceptual) -> dict[str, Any]:
+    """Seconds per student step (crd_vgg) with the teacher run on the batch vs read from the cache."""
+    from crdtool.fileio import write_json_atomic
+    from crdtool.models import build_generator
+
+    cached = s.work_dir / "cache_speedup.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    rng = random.Random("speedup")
+    student = build_generator(student_spec("crd_vgg")).train()
+    losses = Losses(s, "crd_vgg", perceptual)
+    opt = torch.optim.Adam(student.parameters(), lr=s.lr, betas=s.betas)
+
+    def step(with_teacher: bool) -> float:
+        t0 = time.perf_counter()
+        x, t = random_batch(splits["train"], rng, s)
+        if with_teacher:
+            with torch.no_grad():
+                t = teacher(x)
+        loss, _ = losses.student_loss(student(x), t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    step(False), step(True)  # warm-up
+    rounds = {"teacher_forward": [], "cache": []}
+    for _ in range(3):  # alternate, so load changes hit both alike
+        rounds["teacher_forward"].append(step(True))
+        rounds["cache"].append(step(False))
+    med = {k: float(np.median(v)) for k, v in rounds.items()}
+    out = {"student_step_s_with_teacher_forward": round(med["teacher_forward"], 3),
+           "student_step_s_with_cache": round(med["cache"], 3),
+           "speedup": round(med["teacher_forward"] / med["cache"], 2),
+           "what": f"median of 3 alternating crd_vgg student steps, batch {s.batch} of {s.crop} px crops"}
+    write_json_atomic(cached, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- deployment
+
+
+def latency_rows(s: Settings, splits: dict[str, Split], arms: list[str]) -> dict[str, Any]:
+    """ONNX fp32 and int8 (onnxruntime CPU) of the teacher and every seed-0 student."""
+    from crdtool.bench.latency import measure_latency
+    from crdtool.deploy.export import export_artifacts
+    from crdtool.deploy.onnx import run_onnx
+    from crdtool.metrics.fidelity import fidelity
+
+    out: dict[str, Any] = {}
+    test = splits["test"]
+    calib = splits["train"].inputs[:16]
+    sources = {"teacher": resolve_weights(s.teacher)}
+    sources.update({a: run_dir(s, a, 0) / "student.safetensors" for a in arms
+                    if (run_dir(s, a, 0) / "student.safetensors").is_file()})
+    for name, src in sources.items():
+        cached = s.work_dir / "latency" / f"{name}.json"
+        if cached.is_file():
+            out[name] = json.loads(cached.read_text())
+            continue
+        if name == "teacher":  # an official-layout .pth: store it as a crdtool file first
+            from crdtool.models.checkpoints import load_generator, save_generator
+
+            src = save_generator(load_generator(src), s.work_dir / "teacher.safetensors")
+        # the teacher's int8 calibration alone would take many minutes here: teacher fp32 only
+        exp = export_artifacts(src, s.work_dir / "export" / name, onnx=True, int8_cpu=name != "teacher",
+                               images=calib, size=s.size, verify_images=2 if name == "teacher" else 8)
+        row: dict[str, Any] = {}
+        for kind, label in (("onnx-fp32", "fp32"), ("onnx-int8-qdq", "int8")):
+            path = exp.artifacts.get(kind)
+            if path is None:
+                continue
+            lat = measure_latency(path, "ort-cpu", batch=1, size=s.size, runs=30, threads=s.threads,
+                                  max_seconds=20 if name == "teacher" else 10, images=str(s.data / "testA"))
+            row[label] = {"median_ms": lat.median_ms, "p90_ms": lat.p90_ms, "runs": lat.runs, "error": lat.error}
+            if label == "int8" and name != "teacher":
+                outs = torch.from_numpy(np.concatenate([run_onnx(path, test.inputs[i:i + 10], threads=s.threads)
+                                                        for i in range(0, len(test.inputs), 10)]))
+                f = fidelity(outs, test.teacher)
+                row[label].update(psnr_vs_teacher=round(f.psnr_db, 3), ssim_vs_teacher=round(f.ssim, 4))
+        parity = {r.kind: (r.parity.to_dict() if r.parity else None) for r in exp.rows}
+        row["parity_vs_pytorch"] = parity
+        from crdtool.fileio import write_json_atomic
+
+        write_json_atomic(cached, row)
+        out[name] = row
+    return out
+
+
+# ----------------------------------------------------------------------------- aggregate
+
+
+def mean_std(xs: list[float]) -> tuple[float, float | None]:
+    if not xs:
+        return float("nan"), None
+    m = float(np.mean(xs))
+    return m, (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
+
+
+def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict, teacher_info: dict) -> dict:
+    from crdtool.bench.env import cpu_info, library_versions, load_avg
+
+    arms: dict[str, Any] = {}
+    for arm in s.arms:
+        mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        entry: dict[str, Any] = {"label": ARMS[arm], "seeds": [r["seed"] for r in mine],
+                                 "residual_student": arm != "pixel_plain"}
+        for k in ("psnr_vs_teacher", "ssim_vs_teacher", "fid_to_teacher", "kid_to_teacher"):
+            have = [r for r in mine if k in r]  # FID/KID are scored after a seed's arms are trained
+            m, sd = mean_std([r[k] for r in have])
+            entry[k] = None if not have else round(m, 5)
+            entry[k + "_std"] = round(sd, 5) if sd is not None else None
+            entry[k + "_per_seed"] = {str(r["seed"]): r[k] for r in have}
+        entry["s_per_step"] = round(float(np.mean([r["s_per_step"] for r in mine])), 3)
+        arms[arm] = entry
+    inp, floor = refs["input"], refs["teacher_ref_split"]
+    best = max(arms, key=lambda a: arms[a]["psnr_vs_teacher"]) if arms else None
+    targets = None
+    if best:
+        b = arms[best]
+        targets = {"best_arm_by_psnr": best,
+                   "psnr_target_db": round(inp["psnr_vs_teacher"] + 1.0, 3),
+                   "psnr_met": b["psnr_vs_teacher"] >= inp["psnr_vs_teacher"] + 1.0,
+                   "ssim_met": b["ssim_vs_teacher"] > inp["ssim_vs_teacher"],
+                   "stretch_28db_met": b["psnr_vs_teacher"] >= 28.0}
+        scored = [a for a in arms if arms[a]["fid_to_teacher"] is not None]
+        if scored and "fid_to_teacher" in floor:
+            half_gap = inp["fid_to_teacher"] - 0.5 * (inp["fid_to_teacher"] - floor["fid_to_teacher"])
+            best_fid = min(scored, key=lambda a: arms[a]["fid_to_teacher"])
+            targets.update(fid_target=round(half_gap, 3), best_arm_by_fid=best_fid,
+                           fid_met_by_best_psnr_arm=(b["fid_to_teacher"] is not None
+                                                     and b["fid_to_teacher"] <= half_gap),
+                           fid_met_by_best_fid_arm=arms[best_fid]["fid_to_teacher"] <= half_gap)
+    settings = {k: (rel(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
+    return {"format": RESULT_FORMAT, "version": 1, "settings": settings, "teacher": teacher_info,
+            "student": {"arch": "mobile_resnet ngf16", "residual": True, "gmacs_256": 1.408,
+                        "note": "the input skip adds no MACs; the plain tanh student is 1.408G too"},
+            "references": refs, "arms": arms, "targets": targets, "cache_speedup": speed, "latency_ort_cpu": lat,
+            "host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
+            "command": "python benchmarks/real_teacher.py " + " ".join(sys.argv[1:]),
+            "metrics_note": ("testA (100 held-out photos) at 256 px; FID/KID of outputs vs the teacher's testA "
+                             "outputs (TF-Inception pool3, 100 vs 100: exact low-rank FID; KID 100 subsets of 50); "
+                             "PSNR/SSIM per image vs the teacher's output, averaged")}
+
+
+def _f(v: Any, d: int = 2) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+
+def write_markdown(res: dict, path: Path) -> None:
+    lines = ["# Real teacher (vintagify CycleGAN, 56.80G) -> mobile_resnet ngf16 student (1.408G), testA", "",
+             "| row | PSNR vs teacher (dB) | SSIM vs teacher | FID to teacher | KID to teacher | seeds |",
+             "|---|---|---|---|---|---|"]
+    refs = res["references"]
+    inp, floor = refs["input"], refs["teacher_ref_split"]
+    lines.append(f"| untranslated input | {_f(inp['psnr_vs_teacher'])} | {_f(inp['ssim_vs_teacher'], 4)} | "
+                 f"{_f(inp.get('fid_to_teacher'))} | {_f(inp.get('kid_to_teacher'), 4)} | - |")
+    lines.append(f"| teacher on its training photos, disjoint from testA (FID floor) | - | - | "
+                 f"{_f(floor.get('fid_to_teacher'))} | {_f(floor.get('kid_to_teacher'), 4)} | - |")
+    for arm, a in res["arms"].items():
+        def ms(k: str, d: int) -> str:
+            sd = a.get(k + "_std")
+            return _f(a[k], d) + (f" ± {_f(sd, d)}" if sd is not None else "")
+        lines.append(f"| {arm}: {a['label']} | {ms('psnr_vs_teacher', 2)} | {ms('ssim_vs_teacher', 4)} | "
+                     f"{ms('fid_to_teacher', 2)} | {ms('kid_to_teacher', 4)} | {len(a['seeds'])} |")
+    t = res.get("targets")
+    if t:
+        fid = (f"FID <= {t['fid_target']} (half the input-to-floor gap) "
+               f"{'met' if t['fid_met_by_best_fid_arm'] else 'MISSED'} by the best arm by FID "
+               f"(**{t['best_arm_by_fid']}**)." if "fid_target" in t else "FID: not scored yet.")
+        lines += ["", f"Best arm by PSNR: **{t['best_arm_by_psnr']}**. "
+                  f"Targets: PSNR >= {t['psnr_target_db']} dB {'met' if t['psnr_met'] else 'MISSED'}; "
+                  f"SSIM above the input's {'met' if t['ssim_met'] else 'MISSED'}; {fid}"]
+    sp = res.get("cache_speedup") or {}
+    if sp:
+        lines += ["", f"Teacher cache: a student step takes {sp['student_step_s_with_teacher_forward']} s with the "
+                  f"teacher's forward and {sp['student_step_s_with_cache']} s with the cache ({sp['speedup']}x; "
+                  f"{sp['what']})."]
+    lat = res.get("latency_ort_cpu") or {}
+    if lat:
+        lines += ["", "| model | ORT fp32 median ms | ORT int8 median ms | int8 PSNR vs teacher | int8 SSIM vs teacher |",
+                  "|---|---|---|---|---|"]
+        for name, row in lat.items():
+            i8 = row.get("int8", {})
+            lines.append(f"| {name} | {_f(row.get('fp32', {}).get('median_ms'), 1)} | {_f(i8.get('median_ms'), 1)} | "
+                         f"{_f(i8.get('psnr_vs_teacher'))} | {_f(i8.get('ssim_vs_teacher'), 4)} |")
+    st = res["settings"]
+    lines += ["", f"Settings: {st['train_images']} training photos (first of trainA), {st['steps']} steps of batch "
+              f"{st['batch']} random {st['crop']} px crops of (input, cached teacher output), Adam lr {st['lr']} "
+              f"betas {st['betas']}, linear decay over the last {int(100 * (1 - st['decay_from']))}% of steps; "
+              f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}; "
+              f"VGG-19 style 1e4 / feature 10. Host: {res['host']['cpu']} ({', '.join(res['host']['cpu_flags'])}), "
+              f"{st['threads']} threads, load {res['host']['load_avg']}. Command: `{res['command']}`."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_grid(s: Settings, splits: dict[str, Split], arms: list[str], path: Path, rows: int = 6) -> None:
+    from crdtool.models.checkpoints import load_generator
+    from crdtool.train.evaluate import save_grid
+
+    test = splits["test"]
+    pick = torch.linspace(0, len(test.files) - 1, rows).long()
+    cols = [test.inputs[pick], test.teacher[pick]]
+    names = ["input", "teacher"]
+    for a in arms:
+        f = run_dir(s, a, 0) / "student.safetensors"
+        if f.is_file():
+            cols.append(translate(load_generator(f), test.inputs[pick]))
+            names.append(a)
+    save_grid(path, cols, max_rows=rows)
+    path.with_suffix(".columns.txt").write_text(" | ".join(names) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=Settings.data, help="folder with trainA/ and testA/ "
+                   "(default ../shared/data/photo2anime)")
+    p.add_argument("--teacher", default=Settings.teacher)
+    p.add_argument("--vgg", default=Settings.vgg)
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=Settings.steps)
+    p.add_argument("--log-every", type=int, default=Settings.log_every)
+    p.add_argument("--train-images", type=int, default=Settings.train_images)
+    p.add_argument("--threads", type=int, default=Settings.threads)
+    p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--results-dir", type=Path, default=RESULTS, help="where real_teacher.* and real_teacher/ go")
+    p.add_argument("--work-dir", type=Path, default=Settings.work_dir, help="references, timings and exports")
+    p.add_argument("--cache-dir", type=Path, default=Settings.cache_dir, help="the teacher's cached outputs")
+    p.add_argument("--aggregate-only", action="store_true", help="rewrite the result files from finished runs")
+    a = p.parse_args(argv)
+    s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
+                 train_images=a.train_images, threads=a.threads, latency=not a.no_latency, log_every=a.log_every,
+                 results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),
+                 cache_dir=a.cache_dir.resolve())
+    torch.set_num_threads(s.threads)
+    from crdtool.train.teacher_cache import TeacherCache
+
+    teacher = load_teacher(s)
+    cache = TeacherCache(teacher, s.cache_dir)
+    splits = build_splits(s, cache)
+    scorer = Scorer(s, splits)
+    refs = references(s, splits)
+    log(f"references: input {refs['input']}")
+    perceptual = None if a.aggregate_only else build_perceptual(s)
+    speed = cache_speedup(s, teacher, splits, perceptual) if perceptual else {}
+    if not speed and (s.work_dir / "cache_speedup.json").is_file():
+        speed = json.loads((s.work_dir / "cache_speedup.json").read_text())
+    log(f"cache speed-up: {speed}")
+    if a.aggregate_only:
+        finish(s, splits, refs, speed, cache, latency=False)
+        return 0
+    for k, seed in enumerate(s.seeds):  # seed 0 of every arm first; FID (slow) after each seed's arms
+        for arm in s.arms:
+            run_arm(s, arm, seed, splits, perceptual)
+            finish(s, splits, refs, speed, cache, latency=False)
+        refs = references(s, splits, scorer)
+        log(f"references: input {refs['input']}, teacher floor {refs['teacher_ref_split']}")
+        score_fid(s, splits, scorer, [seed])
+        finish(s, splits, refs, speed, cache, latency=s.latency and k == 0)
+    return 0
+
+
+def finish(s: Settings, splits, refs, speed, cache, latency: bool) -> None:
+    rows = [json.loads(f.read_text()) for f in sorted((s.results_dir / "real_teacher" / "runs").glob("*/metrics.json"))]
+    arms = [a for a in s.arms if any(r["arm"] == a for r in rows)]
+    lat = latency_rows(s, splits, arms) if latency else {}
+    if not lat and (s.work_dir / "latency").is_dir():
+        lat = {f.stem: json.loads(f.read_text()) for f in sorted((s.work_dir / "latency").glob("*.json"))}
+    teacher_info = {"weights": s.teacher, "arch": "resnet_9blocks ngf64, affine InstanceNorm", "gmacs_256": 56.80,
+                    "cache": {"entries_per_split": {k: len(v.files) for k, v in splits.items()}, **cache.summary()}}
+    res = aggregate(s, rows, refs, speed, lat, teacher_info)
+    from crdtool.fileio import write_json_atomic
+
+    write_json_atomic(s.results_dir / "real_teacher.json", res)
+    write_markdown(res, s.results_dir / "real_teacher.md")
+    write_grid(s, splits, arms, s.results_dir / "real_teacher.png")
+    for arm in arms:
+        src = run_dir(s, arm, 0) / "student.safetensors"
+        if src.is_file():
+            shutil.copyfile(src, s.results_dir / "real_teacher" / f"{arm}-seed0.safetensors")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
