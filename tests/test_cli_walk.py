@@ -246,3 +246,25 @@ def test_no_empty_progress_bar_before_an_early_error(tmp_path, monkeypatch):
     res = invoke("distill", str(recipe))  # the run folder already holds a run
     assert res.exit_code == 1 and "already holds a run" in res.output
     assert "0/" not in res.output and "distill:" not in res.output
+
+
+# ------------------------------------------------------------------------------------------ smaller findings
+
+def test_crop_size_error_names_the_recipe_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = copy.deepcopy(TINY)
+    d["data"].update(root="data", crop_size=30)
+    recipe = tmp_path / "odd.toml"
+    recipe.write_text(dump_toml(d))
+    res = invoke("distill", str(recipe))
+    assert res.exit_code == 1
+    assert res.output.strip().startswith(f"error: {recipe}: data.crop_size 30 is not divisible by")
+
+
+def test_bench_inputs_from_a_generated_dataset_are_not_called_real(tmp_path):
+    from crdtool.bench.inputs import input_pool
+    from crdtool.data.synth import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "synth", size=16, count=4)
+    _, desc = input_pool(2, 16, images=tmp_path / "synth" / "testA")
+    assert "generated (crdtool data synth) images" in desc and "real" not in desc
