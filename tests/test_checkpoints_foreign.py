@@ -157,3 +157,16 @@ def test_recipe_student_residual_and_affine(tmp_path):
     assert not r.teacher.spec().residual
     with pytest.raises(CrdError, match="does not support residual"):
         tiny_recipe(tmp_path, student={"arch": "unet", "ngf": 2, "residual": True}).student.spec()
+
+
+def test_profile_cli_names_the_detected_layout(tmp_path):
+    from typer.testing import CliRunner
+
+    from crdtool.cli import app
+
+    state = _vintagify_keys(_tiny(affine=True).state_dict())
+    torch.save(state, tmp_path / "G_A2B.pth")
+    out = CliRunner().invoke(app, ["profile", str(tmp_path / "G_A2B.pth"), "--size", "16"])
+    assert out.exit_code == 0, out.output
+    assert "checkpoint: vintagify layout (resnet_2blocks, ngf 4, affine InstanceNorm)" in out.output
+    assert "resnet ngf4 affine" in out.output

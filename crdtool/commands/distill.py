@@ -23,7 +23,8 @@ def run_with_progress(recipe_source: str | Path, resume: bool = False, overrides
         return recipe, _run_sr_with_progress(recipe, resume)
     prepare_data(recipe)
     distiller = Distiller(recipe)
-    console.print(f"[bold]distill[/] {recipe.name}: teacher {recipe.teacher.spec().describe()}"
+    teacher_spec = getattr(distiller.G_A, "spec", None) or recipe.teacher.spec()  # a checkpoint describes itself
+    console.print(f"[bold]distill[/] {recipe.name}: teacher {teacher_spec.describe()}"
                   f"{' (pretrained)' if distiller.pretrained else ' (online)'} -> student "
                   f"{recipe.student.spec().describe()} on {distiller.rt.describe()}; run folder {distiller.run_dir}",
                   highlight=False)
