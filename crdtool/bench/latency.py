@@ -32,7 +32,8 @@ import torch
 from crdtool.bench.artifacts import artifact_profile, export_temp_onnx, resolve_reference
 from crdtool.bench.env import current_command, device_info, library_versions, load_avg, physical_cores
 from crdtool.bench.inputs import input_pool
-from crdtool.bench.runners import Runner, artifact_kind, default_backend, make_runner, parse_backend
+from crdtool.bench.floor import exact_macs, probe_fma_rate
+from crdtool.bench.runners import EDGE_BACKENDS, Runner, artifact_kind, default_backend, make_runner, parse_backend
 from crdtool.errors import CrdError
 
 RESULT_MARKER = "CRDTOOL_BENCH_RESULT "
@@ -130,6 +131,8 @@ class LatencyResult:
     includes: str = ""
     inputs: str = ""
     macs: int | None = None  # per image, literature convention (torchprofile-compatible)
+    macs_exact: int | None = None  # per image, every multiply-add once (the compute floor's numerator)
+    fma_gmacs_per_s: float | None = None  # this CPU's dense fp32 rate, probed in the same run (crdtool.bench.floor)
     params: int | None = None
     fidelity: dict[str, Any] | None = None  # vs the PyTorch fp32 model: psnr_db, max_abs, mean_abs, n_images
     device: dict[str, Any] = field(default_factory=dict)
@@ -314,16 +317,20 @@ def bench_artifacts(artifacts: Sequence[str | Path | BenchSpec], backends: Seque
                     isolate: bool = True, timeout_s: float | None = 3600,
                     on_start: Callable[[BenchSpec], None] | None = None,
                     on_result: Callable[[LatencyResult], None] | None = None,
-                    command: str | None = None, **common: Any) -> list[LatencyResult]:
+                    command: str | None = None, floor_probe: bool = True, **common: Any) -> list[LatencyResult]:
     """Measure every (artifact, backend), each in a fresh process when ``isolate``; never raises for one
     failing measurement (its ``error`` says why). ``common`` are ``BenchSpec`` fields for all of them.
 
-    A torch artifact on an ort backend is exported once to a temporary static-shape ONNX file.
+    A torch artifact on an ort backend is exported once to a temporary static-shape ONNX file (on an edge
+    backend: converted once to that runtime's format). ``floor_probe`` times a dense fp32 matmul with the
+    same thread count once per run, so each CPU result carries the rate its compute floor is measured by.
     """
     specs = expand_specs(artifacts, backends, **common)
     command = command if command is not None else current_command()
     results: list[LatencyResult] = []
     profiles: dict[tuple[str, int], tuple[int | None, int | None]] = {}
+    exact: dict[tuple[str, int], int | None] = {}
+    rates: dict[int, float] = {}  # threads -> GMAC/s of the dense fp32 probe
     with tempfile.TemporaryDirectory(prefix="crdtool-bench-") as tmp:
         exported: dict[tuple[str, int, int], str] = {}
         for spec in specs:
@@ -342,6 +349,14 @@ def bench_artifacts(artifacts: Sequence[str | Path | BenchSpec], backends: Seque
                         exported[key] = str(export_temp_onnx(spec.artifact, Path(tmp) / f"{len(exported)}.onnx",
                                                               spec.batch, spec.size))
                     spec.onnx = exported[key]
+                elif kind == "torch" and be.framework in EDGE_BACKENDS and spec.onnx is None:
+                    from crdtool.bench.edge import convert_for_backend
+
+                    key = (spec.artifact + "@" + be.name, spec.batch, spec.size)
+                    if key not in exported:
+                        exported[key] = str(convert_for_backend(spec.artifact, be.name, Path(tmp), spec.batch,
+                                                                spec.size))
+                    spec.onnx = exported[key]
             except CrdError as e:
                 error = str(e)
             if error is None:
@@ -357,6 +372,14 @@ def bench_artifacts(artifacts: Sequence[str | Path | BenchSpec], backends: Seque
                     profiles[pkey] = (None, None)
             if result.ok:
                 result.macs, result.params = profiles[pkey]
+                if pkey not in exact:
+                    exact[pkey] = exact_macs(spec.artifact, spec.size, spec.reference)
+                result.macs_exact = exact[pkey]
+                if floor_probe and result.device.get("device") == "cpu":
+                    key = result.threads or physical_cores()
+                    if key not in rates:  # after the first CPU measurement, so imports and page-ins are done
+                        rates[key] = probe_fma_rate(key).gmacs_per_s
+                    result.fma_gmacs_per_s = rates[key]
             result.command = command
             results.append(result)
             if on_result:

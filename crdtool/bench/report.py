@@ -75,20 +75,38 @@ def fmt_fidelity(f: dict[str, Any] | None) -> str:
     return f"{p} dB / {f.get('max_abs', float('nan')):.1e}"
 
 
+def floor_ms(r: LatencyResult) -> float | None:
+    """Exact MACs per batch at this run's dense fp32 rate: the latency of a perfectly efficient backend."""
+    if not r.macs_exact or not r.fma_gmacs_per_s:
+        return None
+    return r.macs_exact * r.batch / (r.fma_gmacs_per_s * 1e6)
+
+
+def floor_fraction(r: LatencyResult) -> float | None:
+    """floor / median: the fraction of the compute floor a backend reaches (1.0 = matmul efficiency)."""
+    f = floor_ms(r)
+    return None if f is None or not r.median_ms else f / r.median_ms
+
+
+def _fmt_fraction(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
 def latency_rows(results: Sequence[LatencyResult]) -> list[list[str]]:
     rows = []
     for r in results:
         if not r.ok:
-            rows.append([r.name, r.backend, r.precision, fmt_macs(r.macs)] + ["-"] * 6 + [f"error: {r.error}"])
+            rows.append([r.name, r.backend, r.precision, fmt_macs(r.macs)] + ["-"] * 8 + [f"error: {r.error}"])
             continue
         runs = f"{r.runs}" + ("" if r.runs >= r.runs_requested else f"/{r.runs_requested}")
         rows.append([r.name, r.backend, r.precision, fmt_macs(r.macs), fmt_ms(r.median_ms), fmt_ms(r.p90_ms),
-                     fmt_ms(r.p99_ms), fmt_ms(r.min_ms), f"{r.throughput_ips:.1f}", runs, fmt_fidelity(r.fidelity)])
+                     fmt_ms(r.p99_ms), fmt_ms(r.min_ms), f"{r.throughput_ips:.1f}", runs, fmt_ms(floor_ms(r)),
+                     _fmt_fraction(floor_fraction(r)), fmt_fidelity(r.fidelity)])
     return rows
 
 
 LATENCY_HEADER = ["model", "backend", "prec", "MACs", "median ms", "p90", "p99", "min", "img/s", "runs",
-                  "vs PyTorch: PSNR / max abs"]
+                  "floor ms", "of floor", "vs PyTorch: PSNR / max abs"]
 
 
 def setup_lines(results: Sequence[LatencyResult]) -> list[str]:
@@ -105,6 +123,10 @@ def setup_lines(results: Sequence[LatencyResult]) -> list[str]:
             lines.append(line)
     inputs = {r.inputs for r in results if r.ok}
     lines += [f"inputs: {i}" for i in sorted(inputs)]
+    rates = sorted({(r.threads, r.fma_gmacs_per_s) for r in results if r.ok and r.fma_gmacs_per_s},
+                   key=lambda t: (t[0] or 0, t[1]))
+    lines += [f"compute floor: exact MACs / {rate:.1f} GMAC/s, this CPU's dense fp32 matmul rate on {th} thread(s) "
+              "measured in the same run; 'of floor' = floor / median" for th, rate in rates]
     return lines
 
 
@@ -118,10 +140,10 @@ def render_table(results: Sequence[LatencyResult], comparisons: Sequence[Speedup
     parts: list[Any] = []
     t = Table(title=title, title_justify="left")
     for i, h in enumerate(LATENCY_HEADER):
-        t.add_column(h, justify="right" if 3 <= i <= 9 else "left", overflow="fold", no_wrap=i < 3)
+        t.add_column(h, justify="right" if 3 <= i <= 11 else "left", overflow="fold", no_wrap=i < 3)
     for row in latency_rows(results):
         if row[-1].startswith("error"):
-            t.add_row(*row[:4], *["-"] * 6, Text(row[-1], style="red"))
+            t.add_row(*row[:4], *["-"] * 8, Text(row[-1], style="red"))
         else:
             t.add_row(*row)
     parts.append(t)
@@ -236,23 +258,35 @@ def plot_latency_vs_macs(results: Sequence[LatencyResult], path: str | Path, tit
     from crdtool.fileio import atomic_path
 
     pts = [r for r in results if r.ok and r.macs]
+    exact = bool(pts) and all(r.macs_exact for r in pts)  # the floor needs every MAC counted once
+
+    def gmacs(r: LatencyResult) -> float:
+        return (r.macs_exact if exact else r.macs) * r.batch / 1e9
+
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     markers = "osD^v<>p*hX"
     backends = sorted({r.backend for r in pts})
     for i, b in enumerate(backends):
         group = [r for r in pts if r.backend == b]
-        ax.scatter([r.macs / 1e9 for r in group], [r.median_ms for r in group], marker=markers[i % len(markers)],
+        ax.scatter([gmacs(r) for r in group], [r.median_ms for r in group], marker=markers[i % len(markers)],
                    s=50, label=b, zorder=3)
         for r in group:
-            ax.annotate(f"{r.name} ({r.precision})", (r.macs / 1e9, r.median_ms), textcoords="offset points",
+            ax.annotate(f"{r.name} ({r.precision})", (gmacs(r), r.median_ms), textcoords="offset points",
                         xytext=(6, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    rate = max((r.fma_gmacs_per_s for r in pts if r.fma_gmacs_per_s), default=None)
+    if exact and rate:  # the compute floor: latency = exact MACs / this run's dense fp32 rate
+        lo, hi = min(gmacs(r) for r in pts) / 2, max(gmacs(r) for r in pts) * 6
+        ax.plot([lo, hi], [lo * 1e3 / rate, hi * 1e3 / rate], "k--", lw=1, zorder=2,
+                label=f"compute floor ({rate:.0f} GMAC/s dense fp32)")
     if pts:  # room for the labels on the right
-        xs, ys = [r.macs / 1e9 for r in pts], [r.median_ms for r in pts]
+        xs, ys = [gmacs(r) for r in pts], [r.median_ms for r in pts]
         ax.set_xlim(min(xs) / 2, max(xs) * 6)
-        ax.set_ylim(min(ys) / 2, max(ys) * 2)
-    ax.set_xlabel("GMACs per image (literature convention)")
+        floor_ys = [x * 1e3 / rate for x in xs] if exact and rate else ys
+        ax.set_ylim(min(ys + floor_ys) / 2, max(ys) * 2)
+    ax.set_xlabel("GMACs per batch (" + ("exact: every multiply-add once" if exact else "literature convention")
+                  + ")")
     ax.set_ylabel("median latency per batch (ms)")
     skipped = len([r for r in results if r.ok]) - len(pts)
     dev = next((r.device.get("gpu") or f"{r.device.get('cpu')}, {r.threads} threads" for r in pts), "")
@@ -260,7 +294,7 @@ def plot_latency_vs_macs(results: Sequence[LatencyResult], path: str | Path, tit
                  (f" ({skipped} result(s) without MACs not shown)" if skipped else ""), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if backends:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

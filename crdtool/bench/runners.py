@@ -4,7 +4,8 @@ A runner splits a forward pass into ``upload`` (CPU batch -> backend input), ``s
 part that is timed) and ``output`` (CPU float32), so the timing loop can say exactly what it includes.
 
 Backends: ``torch-cpu``, ``torch-cuda[:bf16|:fp16]``, ``torch-cuda-graph[:bf16|:fp16]``, ``ort-cpu``,
-``ort-cuda``, ``ort-trt`` and ``trt`` (a serialized TensorRT engine). ``auto`` picks per artifact kind.
+``ort-cuda``, ``ort-trt`` and ``trt`` (a serialized TensorRT engine), and the edge runtimes ``openvino``,
+``executorch`` and ``ncnn`` (:mod:`crdtool.bench.edge`). ``auto`` picks per artifact kind.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from crdtool.errors import CrdError
 
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-BACKENDS = ("torch-cpu", "torch-cuda", "torch-cuda-graph", "ort-cpu", "ort-cuda", "ort-trt", "trt")
+EDGE_BACKENDS = ("openvino", "executorch", "ncnn")
+BACKENDS = ("torch-cpu", "torch-cuda", "torch-cuda-graph", "ort-cpu", "ort-cuda", "ort-trt", "trt") + EDGE_BACKENDS
+CPU_BACKENDS = ("torch-cpu", "ort-cpu") + EDGE_BACKENDS
+EDGE_SUFFIXES = {".xml": "openvino", ".pte": "executorch", ".param": "ncnn"}  # artifact suffix -> kind
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -36,10 +40,12 @@ class Backend:
 
     @property
     def device_type(self) -> str:
-        return "cpu" if self.name in ("torch-cpu", "ort-cpu") else "cuda"
+        return "cpu" if self.name in CPU_BACKENDS else "cuda"
 
     @property
     def framework(self) -> str:
+        if self.name in EDGE_BACKENDS:
+            return self.name
         return "torch" if self.name.startswith("torch") else "onnx" if self.name.startswith("ort") else "engine"
 
 
@@ -57,7 +63,8 @@ def parse_backend(text: str) -> Backend:
 
 
 def artifact_kind(path: str | Path) -> str:
-    """``torch`` (crdtool .safetensors, run folder, official .pth), ``onnx`` or ``engine``."""
+    """``torch`` (crdtool .safetensors, run folder, official .pth), ``onnx``, ``engine``, or an edge
+    runtime's file: ``openvino`` (.xml IR), ``executorch`` (.pte), ``ncnn`` (.ncnn.param)."""
     p = Path(path)
     if p.is_dir() or p.suffix.lower() in TORCH_SUFFIXES:
         return "torch"
@@ -65,8 +72,10 @@ def artifact_kind(path: str | Path) -> str:
         return "onnx"
     if p.suffix.lower() in ENGINE_SUFFIXES:
         return "engine"
-    raise CrdError(f"cannot tell what {p} is: expected a checkpoint (.safetensors, .pth, run folder), .onnx or "
-                   f"a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
+    if p.suffix.lower() in EDGE_SUFFIXES:
+        return EDGE_SUFFIXES[p.suffix.lower()]
+    raise CrdError(f"cannot tell what {p} is: expected a checkpoint (.safetensors, .pth, run folder), .onnx, "
+                   f"a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}), an OpenVINO .xml, a .pte or an .ncnn.param")
 
 
 def default_backend(kind: str) -> Backend:
@@ -75,13 +84,18 @@ def default_backend(kind: str) -> Backend:
         return Backend("torch-cuda-graph", "bf16") if cuda else Backend("torch-cpu")
     if kind == "onnx":
         return Backend("ort-cuda") if cuda and "CUDAExecutionProvider" in _ort_providers() else Backend("ort-cpu")
+    if kind in EDGE_BACKENDS:
+        return Backend(kind)
     return Backend("trt")
 
 
 def check_compatible(kind: str, backend: Backend, path: str | Path) -> None:
-    ok = {"torch": ("torch", "onnx"), "onnx": ("onnx",), "engine": ("engine",)}[kind]
+    # a checkpoint is converted for any backend; OpenVINO also reads ONNX directly
+    ok = {"torch": ("torch", "onnx") + EDGE_BACKENDS, "onnx": ("onnx", "openvino"), "engine": ("engine",),
+          "openvino": ("openvino",), "executorch": ("executorch",), "ncnn": ("ncnn",)}[kind]
     if backend.framework not in ok:
-        use = {"torch": "a torch-* or ort-*", "onnx": "an ort-*", "engine": "the trt"}[kind]
+        use = {"torch": "a torch-*, ort-* or edge", "onnx": "an ort-* or the openvino", "engine": "the trt",
+               "openvino": "the openvino", "executorch": "the executorch", "ncnn": "the ncnn"}[kind]
         raise CrdError(f"backend {backend.label} cannot run {path} (a {kind} artifact); use {use} backend")
 
 
@@ -365,7 +379,8 @@ class TensorRTRunner(Runner):
 
 def make_runner(artifact: str | Path, backend: Backend, batch: int = 1, size: int = 256,
                 threads: int | None = None, onnx: str | Path | None = None) -> Runner:
-    """The runner for ``artifact`` on ``backend`` (a torch artifact on an ort backend needs ``onnx``)."""
+    """The runner for ``artifact`` on ``backend`` (a torch artifact on an ort or edge backend needs ``onnx``,
+    the file it was exported or converted to)."""
     kind = artifact_kind(artifact)
     check_compatible(kind, backend, artifact)
     if backend.framework == "torch":
@@ -377,4 +392,11 @@ def make_runner(artifact: str | Path, backend: Backend, batch: int = 1, size: in
         if path is None:
             raise CrdError(f"{artifact} must be exported to ONNX before running on {backend.label}")
         return OrtRunner(path, backend, threads, batch, size)
+    if backend.framework in EDGE_BACKENDS:
+        from crdtool.bench.edge import make_edge_runner
+
+        path = onnx if kind == "torch" else artifact
+        if path is None:
+            raise CrdError(f"{artifact} must be converted before running on {backend.label}")
+        return make_edge_runner(path, backend.name, threads, batch, size)
     return TensorRTRunner(artifact, batch, size)

@@ -19,9 +19,13 @@ from crdtool.errors import CrdError
 def export(
     source: str = typer.Argument(..., help="Run folder (its student.safetensors) or a generator file."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Keep the fp32 ONNX graph (always built and verified)."),
-    int8_cpu: bool = typer.Option(False, "--int8-cpu", help="Static INT8 QDQ graph for onnxruntime (and TensorRT)."),
+    int8_cpu: bool = typer.Option(False, "--int8-cpu", help="Static INT8 QDQ graph for onnxruntime (and TensorRT); "
+                                  "with --openvino / --executorch also their int8 (NNCF / XNNPACK)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 graph with float32 I/O; with --trt: an FP16 engine."),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine (needs TensorRT and a GPU)."),
+    openvino: bool = typer.Option(False, "--openvino", help="OpenVINO IR (.xml + .bin) for its CPU plugin."),
+    executorch: bool = typer.Option(False, "--executorch", help="ExecuTorch program (.pte), XNNPACK delegate."),
+    ncnn: bool = typer.Option(False, "--ncnn", help="ncnn model (.ncnn.param + .ncnn.bin) converted by pnnx."),
     int8: bool = typer.Option(False, "--int8", help="With --trt: build the engine from the INT8 QDQ graph."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Symbolic batch/height/width (default: fixed 1x3xSxS)."),
     size: Optional[int] = typer.Option(None, "--size", help="Input side; default: the recipe's crop_size, else 256."),
@@ -45,7 +49,8 @@ def export(
         with err_console.status("exporting and verifying...") if not json_out else contextlib.nullcontext():
             result = export_artifacts(source, out, onnx=onnx, int8_cpu=int8_cpu, fp16=fp16, trt=precision,
                                       dynamic=dynamic, size=size, images=images, calib_images=calib_images,
-                                      workspace_gb=workspace_gb)
+                                      workspace_gb=workspace_gb, openvino=openvino, executorch=executorch,
+                                      ncnn=ncnn)
     except CrdError as e:
         fail(str(e))
     if json_out:

@@ -26,6 +26,7 @@ from crdtool.data.splits import aligned_half, find_test_split, source_side
 from crdtool.data.synth import smooth_noise_images
 from crdtool.deploy import onnx as onnx_mod
 from crdtool.deploy import optimize, quantize, tensorrt
+from crdtool.deploy.edge import EDGE_KIND_BACKEND, build_edge_artifacts
 from crdtool.deploy.manifest import MANIFEST_NAME, ArtifactEntry, build_manifest, carry_over, sha256_file, write_manifest
 from crdtool.deploy.onnx import Parity
 from crdtool.errors import CrdError
@@ -37,7 +38,7 @@ DEFAULT_SIZE = 256
 VERIFY_IMAGES = 8
 LOW_PSNR_DB = 25.0  # reduced-precision artifacts below this are flagged (not refused)
 KIND_BACKEND = {"onnx-fp32": "onnxruntime-cpu", "onnx-int8-qdq": "onnxruntime-cpu", "onnx-fp16": "onnxruntime-cpu",
-                "trt-fp32": "tensorrt", "trt-fp16": "tensorrt", "trt-int8": "tensorrt"}
+                "trt-fp32": "tensorrt", "trt-fp16": "tensorrt", "trt-int8": "tensorrt", **EDGE_KIND_BACKEND}
 
 
 @dataclass
@@ -185,17 +186,21 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
                      int8_cpu: bool = False, fp16: bool = False, trt: str | None = None, dynamic: bool = False,
                      size: int | None = None, images: str | Path | torch.Tensor | None = None,
                      calib_images: int = 64, verify_images: int = VERIFY_IMAGES, workspace_gb: float = 2.0,
-                     timing_cache: str | Path | None = None, cpu_optimize: bool = True) -> ExportResult:
+                     timing_cache: str | Path | None = None, cpu_optimize: bool = True, openvino: bool = False,
+                     executorch: bool = False, ncnn: bool = False) -> ExportResult:
     """Export a generator (crdtool file, official .pth, or run folder) and verify every artifact.
 
     ``trt`` is None or one of "fp32", "fp16", "int8". Raises ``CrdError`` (and writes nothing) when the
     source is unusable, the output folder is not writable, or an fp32 artifact does not match PyTorch.
     When TensorRT or a GPU is missing, the other artifacts are still written and ``trt_message`` says why.
+    ``openvino`` / ``executorch`` / ``ncnn`` add the edge runtimes' files (``crdtool.deploy.edge``), with
+    their int8 variants when ``int8_cpu`` (OpenVINO, ExecuTorch).
     """
     if trt is not None and trt not in tensorrt.TRT_PRECISIONS:
         raise CrdError(f"unknown TensorRT precision {trt!r}; expected one of {', '.join(tensorrt.TRT_PRECISIONS)}")
-    if not (onnx or int8_cpu or fp16 or trt):
-        raise CrdError("nothing to export: choose at least one of --onnx, --int8-cpu, --fp16, --trt")
+    if not (onnx or int8_cpu or fp16 or trt or openvino or executorch or ncnn):
+        raise CrdError("nothing to export: choose at least one of --onnx, --int8-cpu, --fp16, --trt, --openvino, "
+                       "--executorch, --ncnn")
     if calib_images < 1 or verify_images < 1:
         raise CrdError("--calib-images and the number of verification images must be >= 1")
     src_path = resolve_generator_path(source)
@@ -274,6 +279,17 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
             record("onnx-fp16", h, onnx_mod.measure_parity(reference, onnx_mod.run_onnx(h, verify)), True,
                    extra={"fp32_ops": sorted(quantize.KEEP_FP32_OPS & _op_types(h)), "io_dtype": "float32"})
 
+        companions: list[str] = []  # weight files published with an edge artifact
+        for art in build_edge_artifacts(model, staging, stem, shape, plain_onnx=plain, reference=reference,
+                                        verify=verify, calib=calib if int8_cpu else None, openvino=openvino,
+                                        executorch=executorch, ncnn=ncnn, dynamic=dynamic,
+                                        source_name=src_path.name):
+            extra = dict(art.extra)
+            if art.companions:
+                extra["companion_files"] = {p.name: sha256_file(p) for p in art.companions}
+                companions += [p.name for p in art.companions]
+            record(art.kind, art.path, art.parity, True, extra=extra)
+
         if trt is not None:
             trt_message = _build_trt(trt, graphs, staging, stem, shape, dynamic, stride, workspace_gb, timing_cache,
                                      reference, verify, record)
@@ -289,7 +305,7 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
             manifest["tensorrt"] = {"built": False, "reason": trt_message}
         kept, stale = carry_over(out_dir, manifest)
         write_manifest(staging / MANIFEST_NAME, manifest)
-        _publish(staging, out_dir, list(published.values()) + [MANIFEST_NAME])
+        _publish(staging, out_dir, list(published.values()) + companions + [MANIFEST_NAME])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
