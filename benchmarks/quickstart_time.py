@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,11 +28,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/quickstart-cpu.json")
     ap.add_argument("--label", default="", help="what else the host was doing, e.g. 'busy: other jobs running'")
+    ap.add_argument("--workdir", default=None, help="keep data/ and runs/ here (default: a temporary folder)")
     args = ap.parse_args()
     run: dict = {"label": args.label, "host": cpu_info(), "versions": library_versions(), "load_avg_before": load_avg(),
-                 "command": "python -m crdtool quickstart --workdir <empty temporary folder>",
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with tempfile.TemporaryDirectory(prefix="crdtool-quickstart-") as work:
+                 "command": "python -m crdtool quickstart --workdir <empty folder>",
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    with tempfile.TemporaryDirectory(prefix="crdtool-quickstart-") as tmp:
+        work = args.workdir or tmp
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "crdtool", "quickstart", "--workdir", work],
                               capture_output=True, text=True)
