@@ -1,9 +1,13 @@
 """Runtime: rank -> device, the launcher's environment read in one place, fp16 loss scaling and its checkpoint state."""
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from crdtool.distill import prepare_data
 from crdtool.errors import CrdError
@@ -101,3 +105,30 @@ def test_fp16_scaler_state_round_trips_through_a_checkpoint(tmp_path):
     again = Distiller(r, runtime=Runtime.create("cpu", "fp16", env={}))
     again.restore(latest_checkpoint(d.run_dir))
     assert again.rt.scaler_state() == saved == d.rt.scaler_state()
+
+
+def _gloo_rank(rank: int, port: int, out: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # what torchrun would set
+    rt = Runtime.create("cpu", "fp32", env={"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)})
+    rt.setup()
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    p.grad = torch.full((3, 2), float(rank + 1))
+    q = torch.nn.Parameter(torch.zeros(4))
+    q.grad = torch.arange(4.0) * (rank + 1)
+    rt.all_reduce_grads([p, q])
+    result = {"p": p.grad, "q": q.grad, "stop": rt.any_rank(rank == 1), "gathered": rt.gather_to_main({"r": rank})}
+    torch.save(result, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes importing torch: ~10-30 s
+def test_two_gloo_ranks_average_gradients_stop_together_and_gather_on_rank0(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_gloo_rank, args=(port, tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{k}.pt") for k in (0, 1))
+    for r in (r0, r1):
+        assert torch.equal(r["p"], torch.full((3, 2), 1.5)) and torch.equal(r["q"], torch.arange(4.0) * 1.5)
+        assert r["stop"] is True  # only rank 1 saw the "signal"; both stop
+    assert r0["gathered"] == [{"r": 0}, {"r": 1}] and r1["gathered"] is None
