@@ -23,7 +23,7 @@ from crdtool.fileio import ensure_writable_dir, write_bytes_atomic, write_json_a
 
 def bench(
     artifacts: list[str] = typer.Argument(
-        ..., help="Checkpoints (.safetensors, run folder, official .pth), .onnx files or TensorRT engines; "
+        ..., metavar="ARTIFACT", help="Checkpoints (.safetensors, run folder, official .pth), .onnx files or TensorRT engines; "
                   "with --compare: a recipe (.toml), a run folder, or teacher then student."),
     backend: list[str] = typer.Option(
         ["auto"], "--backend", "-b",

@@ -82,7 +82,8 @@ def _steps_until_student_cap(distiller, cap: int) -> int:
 def distill(
     recipe: Path = typer.Argument(..., metavar="RECIPE|RUN",
                                   help="TOML recipe (see recipes/), or a run folder (its recipe.toml) to --resume."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in the recipe's output folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run: the run folder given, or the recipe's "
+                                                        "output folder."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many student steps."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ..."),
     set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",

@@ -17,7 +17,7 @@ from crdtool.errors import CrdError
 
 
 def export(
-    source: str = typer.Argument(..., help="Run folder (its student.safetensors) or a generator file."),
+    source: str = typer.Argument(..., metavar="RUN|FILE", help="Run folder (its student.safetensors) or a generator file."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Keep the fp32 ONNX graph (always built and verified)."),
     int8_cpu: bool = typer.Option(False, "--int8-cpu", help="Static INT8 QDQ graph for onnxruntime (and TensorRT); "
                                   "with --openvino / --executorch also their int8 (NNCF / XNNPACK)."),
@@ -28,7 +28,7 @@ def export(
     ncnn: bool = typer.Option(False, "--ncnn", help="ncnn model (.ncnn.param + .ncnn.bin) converted by pnnx."),
     int8: bool = typer.Option(False, "--int8", help="With --trt: build the engine from the INT8 QDQ graph."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Symbolic batch/height/width (default: fixed 1x3xSxS)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Input side; default: the recipe's crop_size, else 256."),
+    size: Optional[int] = typer.Option(None, "--size", help="Input side; default: the run's crop_size, else 256."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of real inputs for verification."),
     calib_images: int = typer.Option(64, "--calib-images", help="Training images used for INT8 calibration."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (default RUN/export/)."),
