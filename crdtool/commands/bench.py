@@ -23,8 +23,9 @@ from crdtool.fileio import ensure_writable_dir, write_bytes_atomic, write_json_a
 
 def bench(
     artifacts: list[str] = typer.Argument(
-        ..., metavar="ARTIFACT", help="Checkpoints (.safetensors, run folder, official .pth), .onnx files or TensorRT engines; "
-                  "with --compare: a recipe (.toml), a run folder, or teacher then student."),
+        ..., metavar="ARTIFACT",
+        help="Checkpoints (.safetensors, run folder, official .pth), .onnx files or TensorRT engines; "
+             "with --compare: a recipe (.toml), a run folder, or teacher then student."),
     backend: list[str] = typer.Option(
         ["auto"], "--backend", "-b",
         help="Repeatable: torch-cpu, torch-cuda[:bf16|:fp16], torch-cuda-graph[:bf16|:fp16], ort-cpu, ort-cuda, "

@@ -17,7 +17,8 @@ from crdtool.errors import CrdError
 
 
 def export(
-    source: str = typer.Argument(..., metavar="RUN|FILE", help="Run folder (its student.safetensors) or a generator file."),
+    source: str = typer.Argument(..., metavar="RUN|FILE",
+                                 help="Run folder (its student.safetensors) or a generator file."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Keep the fp32 ONNX graph (always built and verified)."),
     int8_cpu: bool = typer.Option(False, "--int8-cpu", help="Static INT8 QDQ graph for onnxruntime (and TensorRT); "
                                   "with --openvino / --executorch also their int8 (NNCF / XNNPACK)."),
