@@ -94,7 +94,8 @@ def carry_over(out_dir: Path, manifest: dict[str, Any]) -> tuple[list[str], dict
         entry = dict(entry)
         reason = entry.get("stale")
         if old_sha != manifest["source"]["sha256"]:
-            reason = f"built from another source checkpoint (sha256 {str(old_sha)[:12]}, now {manifest['source']['sha256'][:12]})"
+            reason = (f"built from another source checkpoint (sha256 {str(old_sha)[:12]}, "
+                      f"now {manifest['source']['sha256'][:12]})")
         elif old_shape != manifest["input"]["shape"]:
             reason = f"built for input {old_shape}, this export's input is {manifest['input']['shape']}"
         if reason:
