@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 TARGETS = {
     "cpu_256px_speedup": ">= 4x the reference's student steps/s at 256x256 on CPU",
-    "cpu_64px_roofline": "crdtool's step time <= 1.4x the FLOP roofline (step FLOPs / peak matmul rate) at 64x64 on CPU",
+    "cpu_64px_roofline": ("crdtool's step time <= 1.4x the FLOP roofline (step FLOPs / peak matmul rate) "
+                          "at 64x64 on CPU"),
     "gpu_256px_speedup": ">= 3x the reference's student steps/s at 256x256 on a GPU",
 }
 

@@ -185,7 +185,7 @@ def load_generator(path: str | Path, spec: GeneratorSpec | None = None) -> nn.Mo
             spec = GeneratorSpec.from_dict(json.loads(meta["spec"]))
         model = build_generator(spec, init=False)
         load_state_strict(model, clean_official_state_dict(state, model), path)
-        model.checkpoint_layout = f"crdtool generator file ({model.spec.describe()})"  # type: ignore[attr-defined]
+        model.checkpoint_layout = _describe_crdtool_file(model.spec, meta)  # type: ignore[attr-defined]
         return model.eval()
     state = read_torch_state_dict(path)
     try:
@@ -207,7 +207,12 @@ def load_generator(path: str | Path, spec: GeneratorSpec | None = None) -> nn.Mo
 
 
 def resolve_generator_path(path: str | Path) -> Path:
-    """A run folder means its student; otherwise the file itself, which must exist."""
+    """A run folder means its student; ``weights:ID`` the cached reference file; otherwise the file itself,
+    which must exist."""
+    if str(path).startswith("weights:"):
+        from crdtool.weights.cache import resolve_reference
+
+        return resolve_reference(str(path), "generator")
     path = Path(path)
     if path.is_dir():
         for name in ("student.safetensors", "generator.safetensors"):
@@ -219,12 +224,22 @@ def resolve_generator_path(path: str | Path) -> Path:
     return path
 
 
+def _describe_crdtool_file(spec: GeneratorSpec, meta: dict[str, str]) -> str:
+    """'crdtool generator file (resnet ngf64 affine), converted from the vintagify layout (...) in vintagify==0.1.2'."""
+    text = f"crdtool generator file ({spec.describe()})"
+    if meta.get("source_layout"):  # written by crdtool weights get
+        text += f", converted from the {meta['source_layout']}"
+        if meta.get("source"):
+            text += f" in {meta['source'].split(':', 1)[0]}"
+    return text
+
+
 def checkpoint_layout(path: str | Path) -> str:
     """What a generator file is, in one phrase, without building the network (for the CLI to print)."""
     path = resolve_generator_path(path)
     if path.suffix == ".safetensors":
         _, meta = read_safetensors(path)
         if meta.get("format") == GENERATOR_FORMAT:
-            return f"crdtool generator file ({GeneratorSpec.from_dict(json.loads(meta['spec'])).describe()})"
+            return _describe_crdtool_file(GeneratorSpec.from_dict(json.loads(meta["spec"])), meta)
         return f"safetensors file ({meta.get('format', 'no crdtool metadata')})"
     return detect_layout(read_torch_state_dict(path), path).describe()

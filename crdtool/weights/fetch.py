@@ -78,7 +78,8 @@ def extract_member(archive: Path, member: str, dest: Path) -> tuple[Path, str]:
 def _convert_generator(src: Path, target: Path, provenance: dict[str, str]) -> None:
     from crdtool.models.checkpoints import load_generator, save_generator
 
-    save_generator(load_generator(src), target, extra=provenance)
+    model = load_generator(src)
+    save_generator(model, target, extra={**provenance, "source_layout": model.checkpoint_layout})
 
 
 def _convert_vgg(src: Path, target: Path, provenance: dict[str, str]) -> None:
