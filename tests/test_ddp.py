@@ -57,6 +57,7 @@ def full_run(tmp_path_factory) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_each_sample_once_per_epoch(full_run):
     ckpt = load_checkpoint(latest_checkpoint(full_run / "run"))
     assert ckpt.state["progress"]["step"] == 16 and ckpt.state["progress"]["student_steps"] == 8
@@ -72,6 +73,7 @@ def test_torchrun_two_cpu_processes_each_sample_once_per_epoch(full_run):
         assert len(mine[0]) == len(mine[1]) == IMAGES // 2
 
 
+@pytest.mark.slow
 def test_torchrun_only_rank0_writes(full_run):
     writes = {rank: Counter(row["write"] for row in _rows(full_run, rank) if "write" in row) for rank in (0, 1)}
     assert writes[1] == Counter(), "rank 1 wrote files"

@@ -396,10 +396,22 @@ def test_trt_plain_helpers(tmp_path):
     assert tensorrt.timing_cache_path("10.3.0", "NVIDIA H100", tmp_path) != a
 
 
-def test_trt_probe_reports_without_crashing():
+def test_trt_probe_reports_without_crashing(tmp_path):
+    import importlib.util
+
     probe = tensorrt.probe_tensorrt()
-    assert isinstance(probe.available, bool)
-    assert probe.available or probe.reason
+    if importlib.util.find_spec("tensorrt") is None:  # this machine: the reason names the missing package
+        assert not probe.available and "TensorRT is not installed" in probe.reason
+    elif torch.cuda.is_available():
+        assert probe.available or "Builder" in probe.reason
+    else:
+        assert not probe.available and "no CUDA GPU" in probe.reason
+    # a child that dies (as creating a TensorRT Builder without a GPU can) is reported, not fatal
+    crashing = tmp_path / "python"
+    crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    dead = tensorrt.probe_tensorrt(str(crashing))
+    assert not dead.available and "signal 11" in dead.reason
 
 
 def _fake_tensorrt(calls: list, *, strongly_typed: bool = True, fail_parse: bool = False, fail_build: bool = False):

@@ -57,6 +57,7 @@ def reference(tmp_path_factory):
     return data, final_weights(tmp / "ref" / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill", ["step:3", "step:13", "save:1", "save:4", "pointer:2"])
 def test_sigkill_then_resume_gives_identical_weights(tmp_path, reference, kill):
     data, ref = reference
@@ -75,6 +76,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, reference, kill):
     assert not leftovers
 
 
+@pytest.mark.slow
 def test_sigint_checkpoints_and_exits_cleanly(tmp_path, reference):
     data, ref = reference
     p = recipe_json(tmp_path, "i", data)
@@ -88,6 +90,7 @@ def test_sigint_checkpoints_and_exits_cleanly(tmp_path, reference):
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+@pytest.mark.slow
 def test_cli_sigint_prints_how_to_resume(tmp_path):
     r = tiny_recipe(tmp_path, data={"synth": SMALL}, train={"max_steps": 100000, "checkpoint_every": 1000})
     recipe = tmp_path / "tiny.toml"

@@ -21,11 +21,6 @@ def test_exact_parameter_counts(name, ngf, expected):
     assert n_params(build_generator(name, ngf)) == expected
 
 
-def test_literature_rounding_of_counts():
-    assert round(n_params(build_generator("mobile_resnet", 16)) / 1e6, 3) == 0.137
-    assert round(n_params(build_generator("unet", 16)) / 1e6, 3) == 3.404
-
-
 @pytest.mark.parametrize("name,size", [("resnet", 32), ("mobile_resnet", 36), ("unet", 256)])
 def test_shapes_and_range(name, size):
     g = build_generator(name, 4).eval()
