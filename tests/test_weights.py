@@ -215,7 +215,7 @@ def test_get_converts_a_wheel_member_and_second_call_is_offline(tmp_path, cache,
     assert read_safetensors(path)[1]["source"] == "vintagify==0.1.2:vintagify/resources/G_A2B_epoch33.pth"
     assert loaded.checkpoint_layout == ("crdtool generator file (resnet ngf4 affine), converted from the vintagify "
                                         "layout (resnet_2blocks, ngf 4, affine InstanceNorm) in vintagify==0.1.2")
-    assert weights.get("vintagify") == path and load_generator("weights:vintagify").spec == loaded.spec
+    assert weights.get("vintagify") == path
 
     def no_network(*_):
         raise AssertionError("the network was touched")

@@ -27,6 +27,7 @@ from crdtool.profile import (
     profile_recipe,
     profile_spec,
 )
+from crdtool.weights.cache import PREFIX as WEIGHTS_PREFIX, resolve_reference
 
 
 def profile(
@@ -84,6 +85,8 @@ def _profile_target(target: Optional[str], model: Optional[str], ngf: Optional[i
         raise CrdError("nothing to profile: give a recipe (.toml), a checkpoint, or --model NAME")
     if target.endswith(".toml"):
         return profile_recipe(target, size)
+    if target.startswith(WEIGHTS_PREFIX):  # a cached reference generator, e.g. weights:vintagify
+        target = str(resolve_reference(target, "profile"))
     from crdtool.models.checkpoints import checkpoint_layout
 
     # on stderr, so --json stays one document on stdout

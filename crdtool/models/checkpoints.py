@@ -207,12 +207,7 @@ def load_generator(path: str | Path, spec: GeneratorSpec | None = None) -> nn.Mo
 
 
 def resolve_generator_path(path: str | Path) -> Path:
-    """A run folder means its student; ``weights:ID`` the cached reference file; otherwise the file itself,
-    which must exist."""
-    if str(path).startswith("weights:"):
-        from crdtool.weights.cache import resolve_reference
-
-        return resolve_reference(str(path), "generator")
+    """A run folder means its student; otherwise the file itself, which must exist."""
     path = Path(path)
     if path.is_dir():
         for name in ("student.safetensors", "generator.safetensors"):
