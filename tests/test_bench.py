@@ -6,11 +6,8 @@ TensorRT, the timing loop's host-I/O accounting, the errors when no GPU is prese
 
 from __future__ import annotations
 
-import ctypes
 import json
-import math
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -251,76 +248,35 @@ def test_timing_loop_accounts_for_host_io():
     assert host.calls == {"upload": 7, "run": 7, "output": 7}
 
 
-def _stub_trt(declared_shape):
-    """Just enough of the TensorRT API for TensorRTRunner, computing output = 2 * input on CPU memory."""
+def _doubler_onnx(path: Path, shape: list) -> Path:
+    """A one-node ONNX graph, output = 2 * input, with a static or symbolic (str) input shape."""
+    import onnx
+    from onnx import TensorProto, helper
 
-    class Context:
-        def __init__(self):
-            self.shape, self.addr, self.set_shapes = list(declared_shape), {}, []
-
-        def set_input_shape(self, name, shape):
-            self.shape = list(shape)
-            self.set_shapes.append((name, list(shape)))
-
-        def get_tensor_shape(self, name):
-            return tuple(self.shape)
-
-        def set_tensor_address(self, name, ptr):
-            self.addr[name] = ptr
-
-        def execute_async_v3(self, stream):
-            n = math.prod(self.shape)
-            src = np.frombuffer((ctypes.c_float * n).from_address(self.addr["input"]), dtype=np.float32)
-            dst = np.frombuffer((ctypes.c_float * n).from_address(self.addr["output"]), dtype=np.float32)
-            dst[:] = 2 * src
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-
-        def get_tensor_name(self, i):
-            return ("input", "output")[i]
-
-        def get_tensor_mode(self, name):
-            return "in" if name == "input" else "out"
-
-        def get_tensor_shape(self, name):
-            return tuple(declared_shape)
-
-        def get_tensor_dtype(self, name):
-            return "f32"
-
-        def create_execution_context(self):
-            self.ctx = Context()
-            return self.ctx
-
-    engine = Engine()
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            return engine
-
-    logger = type("Logger", (), {"WARNING": 1, "__init__": lambda self, level: None})
-    return types.SimpleNamespace(Logger=logger, Runtime=Runtime, TensorIOMode=types.SimpleNamespace(INPUT="in"),
-                                 DataType=types.SimpleNamespace(FLOAT="f32", HALF="f16"), engine=engine)
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph([helper.make_node("Mul", ["input", "two"], ["output"])], "doubler",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)], [two])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
 
 
 def test_tensorrt_runner_binds_buffers_by_name(tmp_path):
-    path = tmp_path / "m.engine"
-    path.write_bytes(b"engine")
-    trt = _stub_trt((1, 3, 8, 8))
+    from tests.helpers import fake_tensorrt
+
+    calls: list = []
+    trt = fake_tensorrt(calls)
+    path = _doubler_onnx(tmp_path / "m.engine", [1, 3, 8, 8])  # the stand-in's engines are ONNX files
     runner = RN.TensorRTRunner(path, 1, 8, trt=trt, device="cpu")
     x = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(runner(x), 2 * x)
     assert runner.fixed_batch == 1 and not runner.use_events
     with pytest.raises(CrdError, match="--batch 1 --size 8"):
         RN.TensorRTRunner(path, 2, 8, trt=trt, device="cpu")
-    dyn = _stub_trt((-1, 3, -1, -1))
-    runner = RN.TensorRTRunner(path, 2, 16, trt=dyn, device="cpu")
-    assert dyn.engine.ctx.set_shapes == [("input", [2, 3, 16, 16])] and runner.fixed_batch is None
+    dyn = _doubler_onnx(tmp_path / "d.engine", ["batch", 3, "h", "w"])
+    calls.clear()
+    runner = RN.TensorRTRunner(dyn, 2, 16, trt=trt, device="cpu")
+    assert ("set_input_shape", "input", (2, 3, 16, 16)) in calls and runner.fixed_batch is None
     x = torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(runner(x), 2 * x)
 

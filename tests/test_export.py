@@ -6,7 +6,6 @@ Everything runs on CPU at 32 px. TensorRT is replaced by a stub module that reco
 
 from __future__ import annotations
 
-import ctypes
 import json
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from crdtool.deploy.manifest import read_manifest, sha256_file
 from crdtool.errors import CrdError
 from crdtool.models import build_discriminator, build_generator
 from crdtool.models.checkpoints import save_generator
+from tests.helpers import fake_tensorrt
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -414,181 +414,11 @@ def test_trt_probe_reports_without_crashing(tmp_path):
     assert not dead.available and "signal 11" in dead.reason
 
 
-def _fake_tensorrt(calls: list, *, strongly_typed: bool = True, fail_parse: bool = False, fail_build: bool = False):
-    """A stand-in ``tensorrt`` module: records API calls; engines are ONNX files run by onnxruntime."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0-stub"
-
-    class Enum:
-        def __init__(self, name, value):
-            self.name, self.value = name, value
-
-        def __int__(self):
-            return self.value
-
-        def __repr__(self):
-            return self.name
-
-    class ILogger:
-        Severity = types.SimpleNamespace(INTERNAL_ERROR=Enum("INTERNAL_ERROR", 0), ERROR=Enum("ERROR", 1),
-                                         WARNING=Enum("WARNING", 2))
-
-        def __init__(self):
-            pass
-
-    class Logger(ILogger):
-        WARNING = ILogger.Severity.WARNING
-
-        def __init__(self, severity=None):
-            pass
-
-    trt.ILogger, trt.Logger = ILogger, Logger
-    trt.nptype = lambda dtype: {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8}[dtype]
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(
-        **({"STRONGLY_TYPED": Enum("STRONGLY_TYPED", 5)} if strongly_typed else {}))
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.BuilderFlag = types.SimpleNamespace(TF32="TF32")
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", INT8="INT8")
-
-    class Network:
-        onnx_path = None
-
-    class Parser:
-        def __init__(self, network, logger):
-            calls.append(("OnnxParser",))
-            self.network, self.num_errors = network, 0
-
-        def parse_from_file(self, path):
-            calls.append(("parse_from_file", Path(path).name))
-            if fail_parse:
-                self.num_errors = 1
-                return False
-            self.network.onnx_path = path
-            return True
-
-        def get_error(self, i):
-            return "In node 3 (Pad): unsupported mode"
-
-    class TimingCache:
-        def __init__(self, blob):
-            self.blob = bytes(blob)
-
-        def serialize(self):
-            return self.blob + b"+entry"
-
-    class Profile:
-        def set_shape(self, *args):
-            calls.append(("set_shape",) + args)
-
-    class Config:
-        def __init__(self):
-            self.cache = None
-
-        def set_memory_pool_limit(self, pool, size):
-            calls.append(("set_memory_pool_limit", pool, size))
-
-        def __setattr__(self, key, value):
-            if key == "builder_optimization_level":
-                calls.append(("builder_optimization_level", value))
-            object.__setattr__(self, key, value)
-
-        def clear_flag(self, flag):
-            calls.append(("clear_flag", flag))
-
-        def add_optimization_profile(self, p):
-            calls.append(("add_optimization_profile",))
-
-        def create_timing_cache(self, blob):
-            calls.append(("create_timing_cache", bytes(blob)))
-            return TimingCache(blob)
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            calls.append(("set_timing_cache", ignore_mismatch))
-            self.cache = cache
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Builder:
-        def __init__(self, logger):
-            calls.append(("Builder",))
-
-        def create_network(self, flags):
-            calls.append(("create_network", flags))
-            return Network()
-
-        def create_builder_config(self):
-            calls.append(("create_builder_config",))
-            return Config()
-
-        def create_optimization_profile(self):
-            calls.append(("create_optimization_profile",))
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            calls.append(("build_serialized_network",))
-            return None if fail_build else memoryview(Path(network.onnx_path).read_bytes())
-
-    class Context:
-        def __init__(self, sess):
-            self.sess, self.addr, self.shape = sess, {}, None
-
-        def set_input_shape(self, name, shape):
-            calls.append(("set_input_shape", name, tuple(shape)))
-            self.shape = tuple(shape)
-
-        def get_tensor_shape(self, name):
-            return self.shape
-
-        def set_tensor_address(self, name, ptr):
-            self.addr[name] = ptr
-
-        def execute_async_v3(self, stream):
-            calls.append(("execute_async_v3", stream))
-            n = int(np.prod(self.shape))
-            x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["input"])).reshape(self.shape)
-            y = self.sess.run(None, {"input": x.copy()})[0]
-            ctypes.memmove(self.addr["output"], y.ctypes.data, y.nbytes)
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-
-        def __init__(self, data):
-            import onnxruntime as ort
-
-            self.sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-
-        def get_tensor_name(self, i):
-            return ["input", "output"][i]
-
-        def get_tensor_mode(self, name):
-            return "INPUT" if name == "input" else "OUTPUT"
-
-        def get_tensor_dtype(self, name):
-            return "FLOAT"
-
-        def create_execution_context(self):
-            return Context(self.sess)
-
-    class Runtime:
-        def __init__(self, logger):
-            calls.append(("Runtime",))
-
-        def deserialize_cuda_engine(self, data):
-            calls.append(("deserialize_cuda_engine",))
-            return Engine(bytes(data))
-
-    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, Parser, Runtime
-    return trt
-
-
 def test_build_engine_call_sequence_and_timing_cache(tmp_path):
     model = _kaiming(build_generator("mobile_resnet", 4, n_blocks=1))
     onnx_path = donnx.export_onnx(model, tmp_path / "m.onnx", (1, 3, SIZE, SIZE))
     calls: list = []
-    trt = _fake_tensorrt(calls)
+    trt = fake_tensorrt(calls)
     cache = tmp_path / "cache" / "timing.cache"
     profile = tensorrt.profile_shapes((1, 3, SIZE, SIZE), True, 4)
     build = tensorrt.build_engine(onnx_path, tmp_path / "m.fp32.engine", profile=profile, workspace_gb=1.5,
@@ -605,12 +435,12 @@ def test_build_engine_call_sequence_and_timing_cache(tmp_path):
     assert cache.read_bytes() == b"+entry"
 
     calls.clear()  # the second build starts from the saved cache and extends it
-    tensorrt.build_engine(onnx_path, tmp_path / "again.engine", timing_cache=cache, trt=_fake_tensorrt(calls))
+    tensorrt.build_engine(onnx_path, tmp_path / "again.engine", timing_cache=cache, trt=fake_tensorrt(calls))
     assert ("create_timing_cache", b"+entry") in calls and "set_shape" not in [c[0] for c in calls]
     assert cache.read_bytes() == b"+entry+entry"
 
     calls.clear()
-    tensorrt.build_engine(onnx_path, tmp_path / "weak.engine", trt=_fake_tensorrt(calls, strongly_typed=False))
+    tensorrt.build_engine(onnx_path, tmp_path / "weak.engine", trt=fake_tensorrt(calls, strongly_typed=False))
     assert ("create_network", 0) in calls and "create_timing_cache" not in [c[0] for c in calls]
 
     out = tensorrt.run_engine(tmp_path / "m.fp32.engine", smooth_noise_images(2, SIZE), trt=trt, device="cpu")
@@ -618,15 +448,15 @@ def test_build_engine_call_sequence_and_timing_cache(tmp_path):
     assert ("execute_async_v3", 0) in calls and ("set_input_shape", "input", (1, 3, SIZE, SIZE)) in calls
 
     with pytest.raises(CrdError, match="cannot parse m.onnx: In node 3"):
-        tensorrt.build_engine(onnx_path, tmp_path / "x.engine", trt=_fake_tensorrt([], fail_parse=True))
+        tensorrt.build_engine(onnx_path, tmp_path / "x.engine", trt=fake_tensorrt([], fail_parse=True))
     with pytest.raises(CrdError, match="could not build"):
-        tensorrt.build_engine(onnx_path, tmp_path / "y.engine", trt=_fake_tensorrt([], fail_build=True))
+        tensorrt.build_engine(onnx_path, tmp_path / "y.engine", trt=fake_tensorrt([], fail_build=True))
     assert not (tmp_path / "x.engine").exists() and not (tmp_path / "y.engine").exists()
 
 
 def test_export_trt_with_stub_builds_and_verifies(run_dir, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(calls))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls))
     monkeypatch.setattr(tensorrt, "probe_tensorrt", lambda: tensorrt.TrtProbe(True, "10.3.0-stub", "Stub GPU"))
     real_verify = tensorrt.verify_engine
     monkeypatch.setattr(tensorrt, "verify_engine", lambda *a, **k: real_verify(*a, device="cpu", **k))
@@ -667,7 +497,7 @@ def test_run_trt_runner_with_stub_matches_onnx_runner(exported, dataset, tmp_pat
             pass
 
     calls: list = []
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(calls))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls))
     monkeypatch.setattr(run_trt, "pick_device", lambda force: CpuDevice())
     engine = tmp_path / "student.fp32.engine"  # the stub's "engine" is the ONNX graph itself
     engine.write_bytes(exported.artifacts["onnx-fp32"].read_bytes())
