@@ -156,13 +156,16 @@ def stage_a(args) -> None:
     run_root = ROOT / "runs" / "sr-evidence"
     arch_path = run_root / "a-search" / "sr_arch.json"
     if not arch_path.is_file():
+        # CPU-sized space: 8 cells of AGD's 6 operators x widths 16/32/48 after a 32-channel head (its
+        # largest member is ~22G, so the 110.9G budget does not bind here; a GPU run widens the space)
         cfg = SRSearchConfig(data=args.data, train_sets=["train/T91", "train/BSD200"], budget=AGD_BUDGET,
-                             steps=args.a_search_steps, out_dir=run_root / "a-search", threads=1)
+                             num_feat=32, cells=8, widths=(16, 32, 48), steps=args.a_search_steps, batch_size=4,
+                             crop_size=64, out_dir=run_root / "a-search", threads=1)
         run_sr_search(cfg)
     arch = json.loads(arch_path.read_text())
     recipe = _recipe("a-train", args.data, {"arch": str(arch_path)}, None, args.a_steps,
                      ["train/T91", "train/BSD200"], {"kd": "none", "lambda_pixel": 0.0, "lambda_hr": 1.0},
-                     None, 96, 16)
+                     None, 64, 16)
     result, seconds = _train(recipe)
     student = recipe.run_dir / "student.safetensors"
     model = load_generator(student)
@@ -173,7 +176,7 @@ def stage_a(args) -> None:
     shutil.copy2(arch_path, RESULTS / "a-sr_arch.json")
     write("a", {"what": "searched SR student, PSNR-oriented (L1 to HR, no teacher), CPU short budget",
                 "arch": arch, "search_steps": args.a_search_steps, "train_steps": result.steps,
-                "train_seconds": round(seconds, 1), "patch": "96x96 HR / 24x24 LR, batch 16, T91 + BSD200",
+                "train_seconds": round(seconds, 1), "patch": "64x64 HR / 16x16 LR, batch 16, T91 + BSD200",
                 "gmacs_256": {k: round(v / 1e9, 3) for k, v in {**p.macs, **p.extra_macs}.items()},
                 "params": p.params, "sets": scores, "anchors": ANCHORS, "host": host()})
 
@@ -248,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
     ap.add_argument("--stages", nargs="+", default=["profile", "baselines", "a", "b"])
     ap.add_argument("--sets", nargs="+", default=["Set5", "Set14", "B100"])
-    ap.add_argument("--a-search-steps", type=int, default=300)
-    ap.add_argument("--a-steps", type=int, default=3000)
-    ap.add_argument("--b-steps", type=int, default=3000)
+    ap.add_argument("--a-search-steps", type=int, default=120)
+    ap.add_argument("--a-steps", type=int, default=1000)
+    ap.add_argument("--b-steps", type=int, default=1500)
     ap.add_argument("--b-images", type=int, default=None, help="train on the first N T91 images (teacher cost)")
     ap.add_argument("--force", action="store_true", help="redo stages whose JSON exists")
     args = ap.parse_args(argv)

@@ -48,6 +48,11 @@ SMALL = {
         "stem": [8, 16, 24], "head": [16, 8],
         "cells": [{"op": "invres", "width": 16}, {"op": "resblock", "width": 32},
                   {"op": "conv3x3", "width": 16}, {"op": "conv1x1", "width": 24}]}), 32),
+    "rrdb": (GeneratorSpec("rrdb", 8, n_blocks=2, scale=4, num_grow_ch=4), 16),
+    "sr_resnet": (GeneratorSpec("sr_resnet", 8, n_blocks=2, scale=4), 16),
+    "sr_searched": (GeneratorSpec("sr_searched", 8, scale=4, arch={
+        "format": "crdtool.sr_arch", "version": 1, "scale": 4, "num_feat": 8,
+        "cells": [{"op": "dwsblock", "width": 12}, {"op": "conv3x3_d2", "width": 8}, {"op": "skip", "width": 16}]}), 16),
 }
 
 

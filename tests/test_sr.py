@@ -310,3 +310,15 @@ def test_sr_search_respects_budget_and_its_arch_trains(tmp_path):
     from crdtool.distill import run
 
     assert run(recipe).steps == 6
+
+
+@pytest.mark.slow
+def test_profile_cli_prints_rrdb_macs_exactly():
+    """``crdtool profile --model rrdb --size 256 --convention agd``: 1174.85G (both conventions), AGD's 1176.61G."""
+    from typer.testing import CliRunner
+
+    from crdtool.cli import app
+
+    out = CliRunner().invoke(app, ["profile", "--model", "rrdb", "--size", "256", "--convention", "agd"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("1174.85G") == 2 and "1176.61G" in out.output and "16.698M" in out.output

@@ -4,8 +4,8 @@ Both are one network, ``SRNet``: a 3x3 head conv to ``num_feat`` channels, a cha
 resolution, a 3x3 conv back to ``num_feat`` added to the head's features (ESRGAN's long skip), then a
 3x3 conv to ``3 * scale**2`` channels and a pixel shuffle (ESPCN), plus a bilinear upsampling of the
 input (the network only learns the residual). Every conv runs at LR resolution, so the cost is
-proportional to the LR area; ESRGAN instead runs three 64-channel convs at 2x and 4x resolution,
-75% of whose 1174.85G would not fit a 110.9G budget at any body width.
+proportional to the LR area; ESRGAN instead runs three 64-channel convs at 2x and 4x resolution
+(87G of its 1174.85G at a 256x256 input), which alone would take most of a 110.9G budget.
 
 Cell operators are AutoGAN-Distiller's SR operators (its ``OPS``): ``conv3x3``, ``conv3x3_d2``,
 ``conv3x3_d4`` (dilated), ``residual`` (conv-act-conv plus shortcut, act), ``dwsblock`` (depthwise 3x3,
