@@ -103,6 +103,20 @@ def _is_plain_2d(attrs: dict, kernel: tuple[int, int]) -> bool:
 
 # ------------------------------------------------------------------------------------------ rewrites
 
+def _constant_weight_nodes(g: _Graph, op_type: str):
+    """(node, 4-D weight, bias or None) of each ``op_type`` node whose weight and bias are constants.
+
+    The node list is taken first, so a rewrite may add and remove nodes while the caller iterates.
+    """
+    for node in [n for n in g.graph.node if n.op_type == op_type and n.domain in ("", "ai.onnx")]:
+        w = g.array(node.input[1])
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        bias = g.array(node.input[2]) if has_bias else None
+        if w is None or w.ndim != 4 or (has_bias and bias is None):
+            continue
+        yield node, w, bias
+
+
 def convtranspose_to_conv_d2s(g: _Graph) -> int:
     """Stride-s ``ConvTranspose`` with output exactly s x input -> ``Conv`` (s*s*Cout outs) + ``DepthToSpace``.
 
@@ -117,11 +131,7 @@ def convtranspose_to_conv_d2s(g: _Graph) -> int:
     from onnx import helper
 
     count = 0
-    for node in [n for n in g.graph.node if n.op_type == "ConvTranspose" and n.domain in ("", "ai.onnx")]:
-        w = g.array(node.input[1])
-        bias = g.array(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if w is None or w.ndim != 4 or (len(node.input) > 2 and node.input[2] and bias is None):
-            continue
+    for node, w, bias in _constant_weight_nodes(g, "ConvTranspose"):
         a = _attrs(node)
         kh, kw = int(w.shape[2]), int(w.shape[3])
         strides = list(a.get("strides", [1, 1]))
@@ -183,11 +193,7 @@ def narrow_conv_space_to_depth(g: _Graph) -> int:
     from onnx import helper
 
     count = 0
-    for node in [n for n in g.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]:
-        w = g.array(node.input[1])
-        bias = g.array(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if w is None or w.ndim != 4 or (len(node.input) > 2 and node.input[2] and bias is None):
-            continue
+    for node, w, bias in _constant_weight_nodes(g, "Conv"):
         cout, cin, kh, kw = (int(v) for v in w.shape)
         a = _attrs(node)
         if (not _is_plain_2d(a, (kh, kw)) or int(a.get("group", 1)) != 1 or list(a.get("strides", [1, 1])) != [1, 1]
