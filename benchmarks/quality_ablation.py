@@ -375,12 +375,17 @@ def evaluate_generator(s: Settings, dataset: str, gen_path: Path, teacher_path: 
     fid_t = None
     if Path(gen_path).resolve() != Path(teacher_path).resolve():
         fid_t = fidelity(fake, translate(load_generator(teacher_path).to(dev), inputs))
-    row = {"format": RESULT_FORMAT, "version": RESULT_VERSION, **extra, "generator": str(gen_path),
+    row = {"format": RESULT_FORMAT, "version": RESULT_VERSION, **extra, "generator": _shown(gen_path),
            **score(s, features(s, fake), F.load_stats(stats["testB"])),
            "psnr_db": fid_t.psnr_db if fid_t else None, "ssim": fid_t.ssim if fid_t else None,
            "eval_seconds": time.time() - t}
     _write_json(out, row)
     return row
+
+
+def _shown(path: str | Path) -> str:
+    """A path as results files record it: relative to the working folder, never this machine's absolute path."""
+    return os.path.relpath(path)
 
 
 # ----------------------------------------------------------------------------- tasks (run in workers)
@@ -398,7 +403,7 @@ def task_teacher(s: Settings, dataset: str) -> dict[str, Any]:
     ev = evaluate_generator(s, dataset, run_dir / "teacher.safetensors", run_dir / "teacher.safetensors", stats,
                             run_dir / "eval.json", {"dataset": dataset, "arm": "teacher", "seed": 0, **info})
     log(f"{dataset} teacher: FID {ev['fid']:.2f}")
-    return {"run_dir": str(run_dir), **ev}
+    return {"run_dir": _shown(run_dir), **ev}
 
 
 def task_arm(s: Settings, dataset: str, arm: str, seed: int, teacher_dir: Path) -> dict[str, Any]:
@@ -411,7 +416,7 @@ def task_arm(s: Settings, dataset: str, arm: str, seed: int, teacher_dir: Path) 
     info = train_run(r, tag, log_every=s.log_every)
     gen = run_dir / ("teacher.safetensors" if arm == "no_kd" else "student.safetensors")
     ev = evaluate_generator(s, dataset, gen, teacher_dir / "teacher.safetensors", real_stats(s, dataset), ev_path,
-                            {"dataset": dataset, "arm": arm, "seed": seed, "run_dir": str(run_dir), **info})
+                            {"dataset": dataset, "arm": arm, "seed": seed, "run_dir": _shown(run_dir), **info})
     log(f"{tag}: FID {ev['fid']:.2f}  KID {ev['kid'] * 1e3:.2f}  PSNR {ev['psnr_db']:.2f} dB")
     return ev
 
