@@ -37,8 +37,10 @@ class SynthConfig(RecipeSection):
 
 class DataConfig(RecipeSection):
     root: Path
-    layout: Literal["unaligned", "aligned"] = "unaligned"
+    layout: Literal["unaligned", "aligned", "folder"] = "unaligned"
     direction: Literal["AtoB", "BtoA"] = "AtoB"
+    test_fraction: float = Field(0.1, gt=0, lt=1, description=(
+        "folder layout without a test/ subfolder: the last share of the images (by name) held out for evaluation"))
     load_size: int = Field(286, ge=8)
     crop_size: int = Field(256, ge=8)
     batch_size: int = Field(1, ge=1)
@@ -103,6 +105,10 @@ class DiscriminatorConfig(RecipeSection):
         "start D from these weights instead of at random: a crdtool run folder (its last checkpoint's D_A), "
         "a checkpoint folder, a .safetensors state dict or an official latest_net_D*.pth; e.g. the D trained "
         "with a pretrained teacher"))
+    real: Literal["auto", "data", "teacher"] = Field("auto", description=(
+        "pretrained teacher: what D learns as real. data: target-domain images (trainB), fake: the teacher's "
+        "outputs; teacher: the teacher's outputs, fake: the student's. auto: teacher when the dataset has no "
+        "target images (folder layout), else data"))
 
 
 class LossConfig(RecipeSection):
@@ -145,6 +151,11 @@ class TrainConfig(RecipeSection):
         "FID Inception file or \"weights:fid-inception\"; unset = crdtool's default lookup"))
     pool_size: int = Field(50, ge=0)
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many student steps (smoke runs)")
+    teacher_cache: Literal["auto", "disk", "memory", "off"] = Field("auto", description=(
+        "pretrained teacher, folder layout: translate each training image once (whole, at data.load_size) and "
+        "cut the student's crops from that output. auto = disk (the run folder's teacher_cache/, reused on "
+        "resume) for a pretrained teacher on a folder layout, else off; memory: in RAM only; off: the teacher "
+        "runs on every crop"))
     eval_every: int = Field(500, ge=1, description="student steps between evaluations")
     checkpoint_every: int = Field(500, ge=1, description="steps (teacher+student) between checkpoints")
     keep_checkpoints: int = Field(1, ge=1)

@@ -97,3 +97,96 @@ def test_memory_only_cache_and_crop_pair(tmp_path):
     xc, tc = crop_pair(x[0], t[0], 4, 8, 16, flip=True)
     assert xc.shape == tc.shape == (3, 16, 16)
     assert torch.equal(xc, x[0, :, 4:20, 8:24].flip(-1)) and torch.equal(tc, t[0, :, 4:20, 8:24].flip(-1))
+
+
+# ----------------------------------------------------------------------------- folder layout + Distiller
+
+
+def _folder_recipe(tmp_path, n=6, **sections):
+    """A pretrained tiny teacher on a plain folder of n photos (no target domain)."""
+    from crdtool.models.checkpoints import save_generator
+    from tests.helpers import tiny_recipe
+
+    _photos(tmp_path / "photos", n=n, size=36)
+    torch.manual_seed(3)
+    save_generator(build_generator("resnet", 4, n_blocks=1), tmp_path / "teacher.safetensors")
+    data = {"layout": "folder", "synth": None, "load_size": 36, "crop_size": 32, "batch_size": 1, "eval_images": 1}
+    data.update(sections.pop("data", {}))
+    return tiny_recipe(tmp_path, data_root=tmp_path / "photos", data=data,
+                       teacher={"arch": "resnet", "ngf": 4, "n_blocks": 1, "checkpoint": str(tmp_path / "teacher.safetensors")},
+                       **{"train": {"student_epochs": 2, "eval_every": 1000}, **sections})
+
+
+def test_folder_layout_splits_and_items(tmp_path):
+    from crdtool.data import build_dataset, folder_split
+    from crdtool.errors import CrdError
+
+    files = _photos(tmp_path / "photos", n=10, size=36)
+    train, how = folder_split(tmp_path / "photos", "train", 0.2)
+    test, _ = folder_split(tmp_path / "photos", "test", 0.2)
+    assert train == files[:8] and test == files[8:] and "first 8 of 10" in how
+    ds = build_dataset("folder", tmp_path / "photos", "train", load_size=36, crop_size=32, test_fraction=0.2)
+    item = ds[3]
+    assert set(item) == {"A", "A_path", "A_crop"} and item["A"].shape == (3, 32, 32)
+    top, left, flip = item["A_crop"].tolist()
+    assert 0 <= top <= 4 and 0 <= left <= 4 and flip in (0, 1)
+    # the crop is where the item says: the same cut of the whole resized image
+    from crdtool.data.images import load_image
+    from crdtool.data.transforms import eval_transform
+    from crdtool.train.teacher_cache import crop
+
+    whole = eval_transform(load_image(item["A_path"]), 36)
+    assert torch.equal(crop(whole, top, left, 32, bool(flip)), item["A"])
+    (tmp_path / "photos" / "test").mkdir()  # a test/ subfolder wins over the held-out share
+    _photos(tmp_path / "photos" / "test", n=2, size=36)
+    assert len(folder_split(tmp_path / "photos", "train", 0.2)[0]) == 10
+    assert len(folder_split(tmp_path / "photos", "test", 0.2)[0]) == 2
+    _photos(tmp_path / "one", n=1)
+    with pytest.raises(CrdError, match="too few"):
+        folder_split(tmp_path / "one", "train")
+
+
+def test_pretrained_teacher_on_a_folder_picks_teacher_only_D_and_the_cache(tmp_path):
+    from crdtool.train.loop import Distiller
+
+    r = _folder_recipe(tmp_path)
+    d = Distiller(r)
+    assert d.d_real == "teacher" and d.teacher_cache is not None
+    assert any("D learns the teacher's outputs as real" in n for n in d.notes)
+    assert any("teacher cache" in n for n in d.notes)
+
+    calls_per_step: list[int] = []
+    seen = {"calls": 0}
+    d.G_A.register_forward_hook(lambda *a: seen.__setitem__("calls", seen["calls"] + 1))
+    d.on_progress = lambda info: calls_per_step.append(seen["calls"])
+    before = {k: v.clone() for k, v in d.D_A.state_dict().items()}
+    d.run()
+    per_epoch = len(d.train_set)  # 5 photos (1 of 6 held out), batch 1
+    assert len(calls_per_step) == 2 * per_epoch
+    first, second = calls_per_step[:per_epoch], calls_per_step[per_epoch:]
+    assert second[-1] == first[-1], "the second epoch must not run the teacher"
+    assert d.teacher_cache.summary()["misses"] == per_epoch
+    assert len(list((tmp_path / "run" / "teacher_cache").glob("*/*.npy"))) == per_epoch
+    assert any(not torch.equal(before[k], v) for k, v in d.D_A.state_dict().items()), "D must learn"
+
+
+def test_teacher_only_D_learns_teacher_real_student_fake(tmp_path):
+    from crdtool.train.loop import Distiller
+
+    d = Distiller(_folder_recipe(tmp_path, train={"student_epochs": 1, "teacher_cache": "off", "eval_every": 1000}))
+    assert d.teacher_cache is None
+    seen = []
+    d.gan.discriminator = lambda real, fake: (seen.append((real, fake)), (real - fake).pow(2).mean())[1]
+    batch = next(iter(d._batches("student", 0, 0)))
+    d.student_step(batch)
+    assert len(seen) == 1  # one real/fake pair: teacher output vs student output (no target images)
+
+
+def test_folder_layout_D_modes_are_checked(tmp_path):
+    from crdtool.errors import CrdError
+    from crdtool.train.loop import Distiller
+
+    with pytest.raises(CrdError, match="needs target-domain images"):
+        Distiller(_folder_recipe(tmp_path, discriminator={"ndf": 4, "real": "data"}))
+    d = Distiller(_folder_recipe(tmp_path / "b", discriminator={"ndf": 4, "student": "none"}))
+    assert d.D_A is None and not any("D learns" in n for n in d.notes)

@@ -30,6 +30,8 @@ def run_with_progress(recipe_source: str | Path, resume: bool = False, overrides
                   highlight=False)
     if getattr(distiller.G_A, "checkpoint_layout", None):
         console.print(f"teacher checkpoint: {distiller.G_A.checkpoint_layout}", markup=False, highlight=False)
+    for note in getattr(distiller, "notes", []):  # choices the run made on its own (data split, D mode, cache)
+        console.print(note, markup=False, highlight=False)
     total = distiller.total_steps()
     if recipe.train.max_steps is not None:
         total = min(total, _steps_until_student_cap(distiller, recipe.train.max_steps))

@@ -1,4 +1,4 @@
-"""Datasets (CycleGAN unaligned, pix2pix aligned), a reproducible loader, and synthetic data.
+"""Datasets (CycleGAN unaligned, pix2pix aligned, a plain folder of photos), a reproducible loader, and synthetic data.
 
 Determinism contract: sample i of epoch e is a pure function of (seed, e, i), and the loader's order
 is a pure function of (seed, e); so resuming mid-epoch means skipping k batches, nothing else.
@@ -14,33 +14,40 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from crdtool.data.aligned import AlignedDataset
+from crdtool.data.folder import FolderDataset, folder_split
 from crdtool.data.splits import TestSplit, find_test_split
 from crdtool.data.synth import make_synthetic_dataset, synth_matches
 from crdtool.data.unaligned import UnalignedDataset
 from crdtool.errors import CrdError
 
-Layout = Literal["unaligned", "aligned"]
-LAYOUTS = ("unaligned", "aligned")
+Layout = Literal["unaligned", "aligned", "folder"]
+LAYOUTS = ("unaligned", "aligned", "folder")
 
-__all__ = ["AlignedDataset", "UnalignedDataset", "EpochBatchSampler", "build_dataset", "test_phase", "TestSplit",
+__all__ = ["AlignedDataset", "UnalignedDataset", "FolderDataset", "folder_split", "EpochBatchSampler",
+           "build_dataset", "test_phase", "TestSplit",
            "find_test_split",
            "make_loader", "order_seed", "make_synthetic_dataset", "synth_matches", "LAYOUTS"]
 
 
 def _check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
-        raise CrdError(f"dataset layout must be 'unaligned' or 'aligned', got {layout!r}")
+        raise CrdError(f"dataset layout must be 'unaligned', 'aligned' or 'folder', got {layout!r}")
 
 
 def build_dataset(layout: Layout, root: str | Path, phase: str = "train", *, load_size: int = 286,
                   crop_size: int = 256, train: bool | None = None, seed: int = 0, direction: str = "AtoB",
-                  max_size: int | None = None) -> UnalignedDataset | AlignedDataset:
-    """One entry point for both layouts; ``train`` defaults to ``phase == "train"``."""
+                  max_size: int | None = None, test_fraction: float = 0.1
+                  ) -> UnalignedDataset | AlignedDataset | FolderDataset:
+    """One entry point for every layout; ``train`` defaults to ``phase == "train"``; ``test_fraction``
+    is the held-out share of a folder layout without a test/ subfolder."""
     _check_layout(layout)
+    train = (phase == "train") if train is None else train
+    if layout == "folder":
+        return FolderDataset(root, phase=phase, load_size=load_size, crop_size=crop_size, train=train, seed=seed,
+                             direction=direction, max_size=max_size, test_fraction=test_fraction)
     cls = UnalignedDataset if layout == "unaligned" else AlignedDataset
-    return cls(root, phase=phase, load_size=load_size, crop_size=crop_size,
-               train=(phase == "train") if train is None else train, seed=seed, direction=direction,
-               max_size=max_size)
+    return cls(root, phase=phase, load_size=load_size, crop_size=crop_size, train=train, seed=seed,
+               direction=direction, max_size=max_size)
 
 
 def test_phase(layout: Layout, root: str | Path) -> str:
@@ -49,6 +56,8 @@ def test_phase(layout: Layout, root: str | Path) -> str:
     Unaligned data without a test split gives "test": the dataset then names the missing folder.
     """
     _check_layout(layout)
+    if layout == "folder":
+        return "test"  # FolderDataset picks test/ or the held-out share itself
     try:
         return find_test_split(root, layout=layout).phase
     except CrdError:

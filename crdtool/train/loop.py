@@ -169,9 +169,14 @@ class Distiller:
         self.pix2pix = r.task == "pix2pix"
         self.pretrained = r.teacher.checkpoint is not None
         self.train_set = build_dataset(d.layout, d.root, "train", load_size=d.load_size, crop_size=d.crop_size,
-                                       train=True, seed=r.seed, direction=d.direction)
+                                       train=True, seed=r.seed, direction=d.direction, test_fraction=d.test_fraction)
         self.test_set = build_dataset(d.layout, d.root, test_phase(d.layout, d.root), load_size=d.load_size,
-                                      crop_size=d.crop_size, train=False, seed=r.seed, direction=d.direction)
+                                      crop_size=d.crop_size, train=False, seed=r.seed, direction=d.direction,
+                                      test_fraction=d.test_fraction)
+        self.notes: list[str] = []  # choices the run made on its own; the CLI prints them
+        if d.layout == "folder":
+            self.notes.append(f"data: training on {self.train_set.description}; evaluating on "
+                              f"{self.test_set.description}")
         n_eval = min(d.eval_images, len(self.test_set))
         self.eval_inputs = torch.stack([self.test_set[i]["A"] for i in range(n_eval)])
 
@@ -192,6 +197,7 @@ class Distiller:
         self.D_B = build_discriminator(3, disc.ndf, disc.n_layers, disc.norm) if self.G_B is not None else None
         if disc.checkpoint is not None and self.D_A is not None:  # a resumed run's checkpoint overrides this later
             ckpt.load_discriminator_weights(self.D_A, disc.checkpoint)
+        self.d_real = self._d_real_mode()
 
         for name in ("G_A", "G_B", "student", "D_A", "D_B"):
             m = getattr(self, name)
@@ -202,6 +208,7 @@ class Distiller:
             set_requires_grad([self.G_A], False)
             if r.teacher.batchnorm_stats == "batch":
                 use_batch_statistics(self.G_A)
+        self.teacher_cache = self._make_teacher_cache()
         self.best_G_A: nn.Module | None = None  # frozen copy when teacher_select = "fid"
 
         # losses
@@ -237,6 +244,58 @@ class Distiller:
         self._wrap_distributed()
         if self.rt.compile:  # opt-in (train.compile): pays off on long GPU runs, not on short CPU ones
             self.fwd["student"] = torch.compile(self.fwd["student"])
+
+    def _d_real_mode(self) -> str:
+        """What D learns as real with a pretrained teacher: "data" (target images; the teacher's outputs are
+        fake) or "teacher" (the teacher's outputs; the student's are fake). "auto" picks "teacher" when the
+        dataset has no target images (folder layout) and says so in ``notes``."""
+        mode, src = self.r.discriminator.real, self.r.source or "recipe"
+        has_targets = self.r.data.layout != "folder"
+        if mode == "auto":
+            mode = "data" if has_targets or not self.pretrained else "teacher"
+            if mode == "teacher" and self.D_A is not None:
+                self.notes.append("discriminator: no target-domain images (folder layout), so D learns the teacher's "
+                                  "outputs as real and the student's as fake (discriminator.real = \"teacher\")")
+        if mode == "teacher" and not self.pretrained:
+            raise CrdError(f"{src}: discriminator.real = \"teacher\" needs a pretrained teacher (teacher.checkpoint)")
+        if mode == "data" and not has_targets and self.D_A is not None:
+            raise CrdError(f"{src}: discriminator.real = \"data\" needs target-domain images, and a folder layout "
+                           f"has none: use \"teacher\" (or \"auto\"), or discriminator.student = \"none\"")
+        return mode
+
+    def _make_teacher_cache(self):
+        """A ``TeacherCache`` of the frozen teacher's whole-image outputs, or None (train.teacher_cache)."""
+        from crdtool.train.teacher_cache import TeacherCache
+
+        mode, d, src = self.r.train.teacher_cache, self.r.data, self.r.source or "recipe"
+        if mode == "auto":
+            mode = "disk" if self.pretrained and d.layout == "folder" and not self.pix2pix else "off"
+        if mode == "off":
+            return None
+        if not self.pretrained or self.pix2pix:
+            raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs a pretrained CycleGAN teacher "
+                           f"(teacher.checkpoint); an online teacher changes every step")
+        if d.layout != "folder":
+            raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs data.layout = \"folder\" "
+                           f"(its samples say where each crop was cut)")
+        folder = self.run_dir / "teacher_cache" if mode == "disk" else None
+        where = f"on disk in {folder}" if folder is not None else "in memory"
+        self.notes.append(f"teacher cache: each training image is translated once, whole at {d.load_size} px, and "
+                          f"kept {where}; the student's crops are cut from that output")
+        return TeacherCache(self.G_A, folder)
+
+    def _cached_teacher_outputs(self, batch: dict) -> torch.Tensor:
+        """The teacher's outputs for the batch's crops, cut from cached whole-image outputs."""
+        from crdtool.data.images import load_image
+        from crdtool.data.transforms import eval_transform
+        from crdtool.train.teacher_cache import crop
+
+        d, paths = self.r.data, list(batch["A_path"])
+        full = self.teacher_cache.outputs_for(paths, f"resize{d.load_size}",
+                                              lambda i: eval_transform(load_image(paths[i]), d.load_size))
+        cuts = [crop(full[i], int(top), int(left), d.crop_size, bool(flip))
+                for i, (top, left, flip) in enumerate(batch["A_crop"].tolist())]
+        return self.rt.tensor(torch.stack(cuts))
 
     def _teacher_spec_given(self) -> bool:
         """For a pretrained teacher the file describes itself unless the recipe names the family explicitly."""
@@ -372,6 +431,8 @@ class Distiller:
         rt = self.rt
         real_A = rt.tensor(batch["A"])
         teacher = self.best_G_A if self.best_G_A is not None else self.G_A
+        if teacher_out is None and self.teacher_cache is not None and "A_crop" in batch:
+            teacher_out = self._cached_teacher_outputs(batch)
         if teacher_out is None:
             with torch.inference_mode(), rt.autocast():
                 was = teacher.training
@@ -390,12 +451,17 @@ class Distiller:
         if self.D_A is not None and (self.pretrained or mode == "updated"):
             # pretrained teacher: D keeps learning real vs teacher output (its "teacher step");
             # 'updated' ablation: D also learns from the student's fakes.
-            real_B = rt.tensor(batch["B"])
+            # discriminator.real = "teacher": the teacher's output is real and the student's fake, always.
             fakes = []
-            if self.pretrained and not self.pix2pix:
-                fakes.append(teacher_out)
-            if mode == "updated":
+            if self.d_real == "teacher":
+                real_B = teacher_out
                 fakes.append(s.detach())
+            else:
+                real_B = rt.tensor(batch["B"])
+                if self.pretrained and not self.pix2pix:
+                    fakes.append(teacher_out)
+                if mode == "updated":
+                    fakes.append(s.detach())
             if fakes:
                 with rt.autocast():
                     D = self.fwd["D_A"]

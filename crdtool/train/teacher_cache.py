@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -102,34 +102,46 @@ class TeacherCache:
             write_bytes_atomic(file, buf.getvalue())
         return torch.from_numpy(half).float()
 
-    @torch.no_grad()
     def outputs(self, paths: Sequence[str | Path], inputs: torch.Tensor, view: str) -> torch.Tensor:
         """Teacher outputs for a batch, in ``inputs``' dtype and device; misses in one forward call."""
         if len(paths) != len(inputs):
             raise ValueError(f"{len(paths)} paths for {len(inputs)} inputs")
+        out = self.outputs_for(paths, view, lambda i: inputs[i])
+        return out.to(inputs.device, inputs.dtype)
+
+    @torch.no_grad()
+    def outputs_for(self, paths: Sequence[str | Path], view: str,
+                    load_input: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """(N, 3, H, W) float32 CPU outputs; ``load_input(i)`` gives image i's (3, H, W) input and is
+        called only for misses (a training step with every image cached decodes nothing)."""
         found: list[torch.Tensor | None] = [self.lookup(p, view) for p in paths]
         missing = [i for i, t in enumerate(found) if t is None]
         self.hits += len(paths) - len(missing)
         if missing:
             self.misses += len(missing)
             self.teacher_calls += 1
+            param = next(self.teacher.parameters(), None)
+            x = torch.stack([load_input(i) for i in missing])
+            x = x.to(param.device, param.dtype) if param is not None else x
             was_training = self.teacher.training
             self.teacher.eval()
-            fresh = self.teacher(inputs[missing]).float()
+            fresh = self.teacher(x).float()
             self.teacher.train(was_training)
             for j, i in enumerate(missing):
                 found[i] = self.store(paths[i], view, fresh[j])
-        return torch.stack([t for t in found]).to(inputs.device, inputs.dtype)  # type: ignore[misc]
+        return torch.stack([t for t in found])  # type: ignore[misc]
 
     def summary(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "teacher_calls": self.teacher_calls}
 
 
+def crop(x: torch.Tensor, top: int, left: int, size: int, flip: bool = False) -> torch.Tensor:
+    """``size`` x ``size`` from (top, left) of (..., H, W), then a horizontal flip: the dataset's order."""
+    x = x[..., top:top + size, left:left + size]
+    return x.flip(-1) if flip else x
+
+
 def crop_pair(x: torch.Tensor, y: torch.Tensor, top: int, left: int, size: int,
               flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The same crop (and horizontal flip) of an input and its cached teacher output, (..., H, W)."""
-    x = x[..., top:top + size, left:left + size]
-    y = y[..., top:top + size, left:left + size]
-    if flip:
-        x, y = x.flip(-1), y.flip(-1)
-    return x, y
+    return crop(x, top, left, size, flip), crop(y, top, left, size, flip)
