@@ -33,11 +33,15 @@ RESULTS = ROOT / "benchmarks" / "results" / "sr"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "sr"
 DEFAULT_TEACHER = ROOT.parent / "shared" / "weights" / "realesrgan_x4plus_rrdb.fp16.safetensors"
 AGD_BUDGET = 110.9e9
-# published x4 PSNR-Y anchors (Set5 / Set14 / B100) and their MACs at a 256x256 LR input where known
+# Published x4 PSNR-Y anchors (Set5 / Set14 / B100) and exact conv MACs at a 256x256 LR input. FSRCNN and
+# VDSR MACs are computed here from their published layer configurations (one Y channel):
+# FSRCNN(56, 12, 4): 5x5 1->56, 1x1 56->12, 4x 3x3 12->12, 1x1 12->56 at LR, 9x9 56->1 deconv stride 4
+# (counted over its input grid) = 12,464 MACs per LR pixel; VDSR: 20 3x3 convs (1->64, 18x 64->64,
+# 64->1) on the bicubic-upscaled 1024x1024 image = 664,704 MACs per HR pixel.
 ANCHORS = {
     "bicubic": {"Set5": 28.42, "Set14": 26.00, "B100": 25.96, "gmacs": 0.0},
-    "FSRCNN": {"Set5": 30.71, "Set14": 27.59, "B100": 26.98},
-    "VDSR": {"Set5": 31.35, "Set14": 28.01, "B100": 27.29},
+    "FSRCNN": {"Set5": 30.71, "Set14": 27.59, "B100": 26.98, "gmacs": round(12_464 * 256 * 256 / 1e9, 2)},
+    "VDSR": {"Set5": 31.35, "Set14": 28.01, "B100": 27.29, "gmacs": round(664_704 * 1024 * 1024 / 1e9, 1)},
     "AGD": {"Set5": 31.79, "Set14": 28.36, "B100": 27.41, "gmacs": 110.9},
     "ESRGAN-PSNR (RRDB)": {"Set5": 32.73, "Set14": 28.99, "B100": 27.85, "gmacs": 1176.6},
 }
@@ -245,11 +249,62 @@ def stage_b(args) -> None:
                 "host": host()})
 
 
+def stage_report(args) -> None:
+    """benchmarks/results/sr/sr.md: the tables the README quotes, from the stage JSON files."""
+    docs = {n: json.loads((RESULTS / f"{n}.json").read_text()) for n in ("profile", "baselines", "a", "b")
+            if (RESULTS / f"{n}.json").is_file()}
+    lines = ["# Super-resolution evidence (benchmarks/sr.py)", ""]
+    if "profile" in docs:
+        p = docs["profile"]
+        m = p["macs"]
+        lines += [f"rrdb at 1x3x256x256: {p['params']:,} parameters; MACs literature {m['literature'] / 1e9:.2f}G, "
+                  f"exact {m['exact'] / 1e9:.2f}G, AGD (thop) {m['agd'] / 1e9:.2f}G", ""]
+    if "a" in docs:
+        a, base = docs["a"], docs.get("baselines", {}).get("sets", {})
+        sets = list(a["sets"])
+        lines += ["## (a) PSNR-oriented searched student (x4 PSNR-Y / SSIM-Y)", "",
+                  "| model | GMACs @256 LR | params | " + " | ".join(sets) + " |",
+                  "|---|---:|---:|" + "---:|" * len(sets)]
+        lines.append(f"| crdtool searched, {a['train_steps']} steps on CPU | {a['gmacs_256']['exact']:.2f} | "
+                     f"{a['params']:,} | " + " | ".join(f"{a['sets'][s]['psnr']:.2f} / {a['sets'][s]['ssim']:.4f}"
+                                                       for s in sets) + " |")
+        if base:
+            lines.append("| bicubic (measured here) | 0 | 0 | " + " | ".join(
+                f"{base[s]['psnr']:.2f} / {base[s]['ssim']:.4f}" if s in base else "" for s in sets) + " |")
+        for name, anchor in ANCHORS.items():
+            if name == "bicubic":
+                continue
+            g = f"{anchor['gmacs']:g}" if "gmacs" in anchor else "n/a"
+            lines.append(f"| {name} (published) | {g} | | " + " | ".join(f"{anchor[s]:.2f}" for s in sets) + " |")
+        lines.append("")
+    if "b" in docs:
+        b = docs["b"]
+        g = b["gmacs_256"]
+        lines += ["## (b) Real-ESRGAN x4plus -> student", "",
+                  f"MACs at a 256x256 LR input (exact): teacher {g['teacher']['exact']:.2f}G, student "
+                  f"{g['student']['exact']:.2f}G ({g['teacher']['exact'] / g['student']['exact']:.0f}x fewer); "
+                  f"params {b['params']['teacher']:,} vs {b['params']['student']:,}; {b['train_steps']} steps on "
+                  f"{b['train_images']} T91 images.", "",
+                  "| set | student vs teacher PSNR / SSIM | student vs HR | teacher vs HR |", "|---|---:|---:|---:|"]
+        for s, row in b["student"].items():
+            t = b["teacher_vs_hr"][s]
+            lines.append(f"| {s} | {row['psnr_vs_teacher']:.2f} / {row['ssim_vs_teacher']:.4f} | {row['psnr']:.2f} / "
+                         f"{row['ssim']:.4f} | {t['psnr']:.2f} / {t['ssim']:.4f} |")
+        lines += ["", "| latency (1 thread, median ms) | " + " | ".join(
+            f"{r['input'][1]}x{r['input'][0]} -> {r['output'][1]}x{r['output'][0]}"
+            for r in b["latency_ms_threads1"]["student"]) + " |", "|---|" + "---:|" * len(b["latency_ms_threads1"]["student"])]
+        for who in ("teacher", "student"):
+            lines.append(f"| {who} | " + " | ".join(f"{r['median_ms']:.0f}" for r in b["latency_ms_threads1"][who]) + " |")
+        lines.append("")
+    (RESULTS / "sr.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
-    ap.add_argument("--stages", nargs="+", default=["profile", "baselines", "a", "b"])
+    ap.add_argument("--stages", nargs="+", default=["profile", "baselines", "a", "b", "report"])
     ap.add_argument("--sets", nargs="+", default=["Set5", "Set14", "B100"])
     ap.add_argument("--a-search-steps", type=int, default=120)
     ap.add_argument("--a-steps", type=int, default=1000)
@@ -262,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     for stage in args.stages:
-        if done(stage) and not args.force:
+        if stage != "report" and done(stage) and not args.force:
             print(f"{stage}: done ({(RESULTS / (stage + '.json')).relative_to(ROOT)}); skipped")
             continue
         print(f"== {stage}")
-        {"profile": stage_profile, "baselines": stage_baselines, "a": stage_a, "b": stage_b}[stage](args)
+        {"profile": stage_profile, "baselines": stage_baselines, "a": stage_a, "b": stage_b,
+         "report": stage_report}[stage](args)
     return 0
 
 
