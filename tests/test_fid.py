@@ -218,7 +218,7 @@ def test_real_weights_match_the_torchscript_detector():
 @pytest.mark.slow
 @needs_weights
 def test_calibration_point_cat2dog(shared_data, request):
-    """fid.md: cat2dog testA vs trainA, first 100 sorted files, FID 34.29 (about 2 minutes on 2 cores)."""
+    """A calibration point: cat2dog testA vs trainA, first 100 sorted files, FID 34.29 (about 2 minutes on 2 cores)."""
     if "slow" not in (request.config.option.markexpr or ""):
         pytest.skip("200 Inception passes: run with `pytest -m slow`")
     model = F.load_inception(REAL_WEIGHTS)

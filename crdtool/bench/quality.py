@@ -91,7 +91,7 @@ def translate_split(runner, split: EvalSplit, size: int = 256, batch: int = 1, n
 
 
 def real_features(split: EvalSplit, model: torch.nn.Module, n: int | None = None, batch_size: int = 16):
-    """Inception features of the split's real target images at their own resolution (protocol of fid.md)."""
+    """Inception features of the split's real target images at their own resolution (docs/fid.md)."""
     import numpy as np
 
     side = "B" if split.direction == "AtoB" else "A"

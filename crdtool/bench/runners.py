@@ -306,7 +306,7 @@ class OrtRunner(Runner):
 
 
 class TensorRTRunner(Runner):
-    """A serialized engine run with torch CUDA tensors as buffers (no pycuda), as deployment.md describes.
+    """A serialized engine run with torch CUDA tensors as buffers (no pycuda), as docs/deployment.md describes.
 
     Buffers are allocated once and bound by name; work is enqueued on torch's current stream, so CUDA
     events time it. ``trt``/``device`` exist for tests with a stub TensorRT on CPU.

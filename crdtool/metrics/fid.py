@@ -6,7 +6,7 @@ A/C/E blocks), written out here because torchvision cannot be imported next to t
 "2015-12-05" weights, NVIDIA's detector layout; converted by a name mapping, gamma = 1) or (b) a
 pytorch-fid ``.pth`` state dict. Nothing is downloaded.
 
-Protocol (see the design note ``fid.md``): uint8 RGB -> float, bilinear resize to 299 (align_corners
+Protocol (docs/fid.md): uint8 RGB -> float, bilinear resize to 299 (align_corners
 False), ``/128 - 1``; pool3 features in float64; ``np.cov(rowvar=False)``; ``scipy.linalg.sqrtm``.
 Statistics files are ``.npz`` with ``mu`` and ``sigma`` (GAN Compression's layout, whose published
 files load as they are) plus optional ``features`` (for KID), ``n``, ``format`` and ``version``.

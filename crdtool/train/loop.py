@@ -1,6 +1,6 @@
 """The distillation loop: online teacher (CycleGAN or Pix2Pix) or pretrained teacher -> CRD student.
 
-Schedules (see the design note):
+Schedules (docs/method.md):
 - CycleGAN, online teacher: rounds of ``round_epochs`` teacher epochs followed by
   ``student_epochs_per_round`` student epochs distilled from the best A->B teacher so far.
 - Pix2Pix, online teacher: teacher, discriminator and student stepped together every iteration
