@@ -322,3 +322,14 @@ def test_profile_cli_prints_rrdb_macs_exactly():
     out = CliRunner().invoke(app, ["profile", "--model", "rrdb", "--size", "256", "--convention", "agd"])
     assert out.exit_code == 0, out.output
     assert out.output.count("1174.85G") == 2 and "1176.61G" in out.output and "16.698M" in out.output
+
+
+def test_sr_teacher_cache_off_runs_the_teacher_per_batch(tmp_path):
+    from crdtool.distill import run
+
+    _tiny_sr_data(tmp_path / "data")
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"params": _tiny_rrdb().state_dict()}, teacher)
+    result = run(_tiny_recipe(tmp_path, teacher), overrides={"train.teacher_cache": "off", "train.max_steps": 2})
+    assert result.steps == 2 and "psnr_vs_teacher" in result.last_eval
+    assert not (tmp_path / "run" / "teacher_cache").exists()

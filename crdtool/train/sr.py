@@ -7,8 +7,8 @@ a teacher) when ``loss.vgg_weights`` is set. No teacher (``teacher.checkpoint`` 
 PSNR-oriented training of a student on HR images.
 
 The teacher is frozen, so its output for a training image never changes: it is computed once per whole
-LR image (``TeacherCache``, in memory and under ``<run>/teacher_cache``) and each step crops the patch
-its LR patch maps to. Batches are a pure function of (seed, step), and checkpoints use
+LR image (``TeacherCache``, in memory and under ``<run>/teacher_cache``; ``train.teacher_cache`` =
+memory / off as for the other tasks) and each step crops the patch its LR patch maps to. Batches are a pure function of (seed, step), and checkpoints use
 ``crdtool.train.state``: a resumed run continues with the batches an uninterrupted one would draw.
 """
 
@@ -72,11 +72,12 @@ class SRTrainer:
         self.eval_pairs = load_eval_set(d.root / d.eval_sets[0], d.scale, max_images=d.eval_images)
         self.student = build_generator(student_spec(recipe)).to(self.device)
         self.teacher = self._load_teacher()
-        self.cache = None
-        if self.teacher is not None:
+        self.cache = None  # train.teacher_cache = "off": the teacher runs on each batch's LR patches
+        if self.teacher is not None and t.teacher_cache != "off":
             from crdtool.train.teacher_cache import TeacherCache
 
-            self.cache = TeacherCache(self.teacher, folder=self.run_dir / "teacher_cache")
+            folder = None if t.teacher_cache == "memory" else self.run_dir / "teacher_cache"
+            self.cache = TeacherCache(self.teacher, folder=folder)
         self._build_losses()
         self.opt = torch.optim.Adam(self.student.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
         per_epoch = max(1, len(self.patches) // d.batch_size)
@@ -139,7 +140,12 @@ class SRTrainer:
         L = self.r.loss
         lr_img, hr, where = self.patches.batch(self.step, self.r.data.batch_size)
         lr_img, hr = lr_img.to(self.device), hr.to(self.device)
-        target = self.teacher_patches(where) if self.teacher is not None else None
+        target = None
+        if self.cache is not None:
+            target = self.teacher_patches(where)
+        elif self.teacher is not None:
+            with torch.no_grad():
+                target = self.teacher(lr_img).float()
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         out = self.student(lr_img)
@@ -174,8 +180,13 @@ class SRTrainer:
     def teacher_eval_outputs(self) -> list[np.ndarray]:
         """The teacher's uint8 outputs on the evaluation images (cached like the training outputs)."""
         view = f"sr-x{self.r.data.scale}-eval"
-        return [to_uint8(self.cache.outputs([pair.path], to_tensor(pair.lr)[None].to(self.device), view)[0].cpu())
-                for pair in self.eval_pairs]
+        outs = []
+        for pair in self.eval_pairs:
+            x = to_tensor(pair.lr)[None].to(self.device)
+            with torch.no_grad():
+                y = self.cache.outputs([pair.path], x, view) if self.cache is not None else self.teacher(x)
+            outs.append(to_uint8(y[0].float().cpu()))
+        return outs
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
