@@ -48,17 +48,23 @@ class _Arch(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
-def validate_arch(data: Any, source: str = "arch") -> dict[str, Any]:
-    """Check a description and return it normalised (defaults filled); one-line CrdError naming the field."""
+def validate_description(schema: type[BaseModel], data: Any, source: str) -> dict[str, Any]:
+    """``data`` checked against a pydantic ``schema`` and returned normalised (defaults filled); otherwise a
+    one-line CrdError naming the field as a JSON path (``cells[3].op``). Shared by every arch description."""
     if not isinstance(data, dict):
         raise CrdError(f"{source}: expected a JSON object, got {type(data).__name__}")
     try:
-        model = _Arch.model_validate(data)
+        model = schema.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(root)"
         raise CrdError(f"{source}: field {loc}: {err['msg']}") from None
     return model.model_dump()
+
+
+def validate_arch(data: Any, source: str = "arch") -> dict[str, Any]:
+    """Check a searched network's description and return it normalised; one-line CrdError naming the field."""
+    return validate_description(_Arch, data, source)
 
 
 class SearchedGenerator(nn.Module):
