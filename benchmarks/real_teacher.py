@@ -393,7 +393,8 @@ def score_fid(s: Settings, splits: dict[str, Split], scorer: Scorer, seeds: list
             if "fid_to_teacher" in row:
                 continue
             student = load_generator(run_dir(s, arm, seed) / "student.safetensors")
-            row.update(_round(scorer.score(f"{arm}-seed{seed}", translate(student, splits["test"].inputs))))
+            name = f"{arm}-seed{seed}" + ("" if s.steps == Settings.steps else f"-{s.steps}steps")
+            row.update(_round(scorer.score(name, translate(student, splits["test"].inputs))))
             write_json_atomic(done, row)
             log(f"{arm} seed {seed}: FID {row['fid_to_teacher']:.2f}, KID {row['kid_to_teacher']:.4f}")
 

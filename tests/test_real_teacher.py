@@ -190,3 +190,12 @@ def test_folder_layout_D_modes_are_checked(tmp_path):
         Distiller(_folder_recipe(tmp_path, discriminator={"ndf": 4, "real": "data"}))
     d = Distiller(_folder_recipe(tmp_path / "b", discriminator={"ndf": 4, "student": "none"}))
     assert d.D_A is None and not any("D learns" in n for n in d.notes)
+
+
+def test_export_reads_a_folder_layouts_own_splits(tmp_path):
+    from crdtool.deploy.export import input_images
+
+    r = _folder_recipe(tmp_path, n=10)
+    test, _ = input_images(r, "test", None, 32)
+    train, _ = input_images(r, "train", 4, 32)
+    assert test.shape == (1, 3, 32, 32) and train.shape == (4, 3, 32, 32)  # 10 photos: 9 train, 1 held out

@@ -94,6 +94,11 @@ def input_images(recipe: Any, split: str, n: int | None, size: int) -> tuple[tor
     data = recipe.data
     root, side = Path(data.root), source_side(data.direction)
     aligned = data.layout == "aligned"
+    if data.layout == "folder":  # a plain folder of photos: the dataset's own train / held-out split
+        from crdtool.data.folder import folder_split
+
+        files = folder_split(root, "train" if split == "train" else "test", data.test_fraction)[0]
+        return load_folder_tensor(root, size, n, files=files), root
     if split == "train":
         folder = root / ("train" if aligned else f"train{side}")
         if not folder.is_dir():
