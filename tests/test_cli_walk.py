@@ -268,3 +268,17 @@ def test_bench_inputs_from_a_generated_dataset_are_not_called_real(tmp_path):
     make_synthetic_dataset(tmp_path / "synth", size=16, count=4)
     _, desc = input_pool(2, 16, images=tmp_path / "synth" / "testA")
     assert "generated (crdtool data synth) images" in desc and "real" not in desc
+
+
+def test_bench_compare_of_a_run_runs_at_its_training_size(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    recipe = write_tiny_recipe(tmp_path, max_steps=1)
+    assert invoke("distill", str(recipe)).exit_code == 0
+    res = invoke("bench", "runs/tiny", "--compare", "-b", "torch-cpu", "--runs", "2", "--warmup", "1", "--no-isolate",
+                 "--json", "b.json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["size"] for r in rows] == [32, 32]
+    assert "measuring 1/2:" in res.output  # piped: one line per measurement

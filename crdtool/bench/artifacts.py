@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from crdtool.bench.inputs import find_image_folder, recipe_test_folder
+from crdtool.bench.inputs import find_image_folder, recipe_test_folder, run_folder_of
 from crdtool.bench.runners import artifact_kind
 from crdtool.errors import CrdError
 
@@ -38,19 +38,20 @@ def artifact_profile(artifact: str | Path, size: int, reference: str | Path | No
 
 
 def native_size(artifact: str | Path) -> int:
-    """The input side an artifact is meant for, by the rule ``crdtool export`` uses: a fixed-shape ONNX graph's
-    own input, an engine's export manifest, a run folder's training crop (recipe.toml), else 256."""
+    """The input side an artifact (or recipe) is meant for: a fixed-shape ONNX graph's own input, an engine's
+    export manifest, the training crop of a recipe or of the run folder a checkpoint is in, else 256."""
     from crdtool.deploy.export import DEFAULT_SIZE
 
-    fixed = _fixed_size(artifact)
+    p = Path(artifact)
+    fixed = None if p.suffix == ".toml" else _fixed_size(p)
     if fixed is not None:
         return fixed
-    p = Path(artifact)
-    if p.is_dir() and (p / "recipe.toml").is_file():
+    run = run_folder_of(p) if p.suffix != ".toml" and artifact_kind(p) == "torch" else None
+    if p.suffix == ".toml" or run is not None:
         try:
             from crdtool.recipe import load_recipe
 
-            return load_recipe(p / "recipe.toml").data.crop_size
+            return load_recipe(p if p.suffix == ".toml" else run / "recipe.toml").data.crop_size
         except CrdError:
             pass
     return DEFAULT_SIZE

@@ -41,11 +41,19 @@ def find_image_folder(path: str | Path, direction: str = "AtoB") -> Path:
     raise CrdError(f"no images in {p} nor in its test{src}/, val{src}/, val/, test/, train{src}/ or train/ folders")
 
 
-def recipe_test_folder(artifact: str | Path) -> Path | None:
-    """The test split named by the ``recipe.toml`` a run folder carries, if any (best effort)."""
+def run_folder_of(artifact: str | Path) -> Path | None:
+    """The run folder an artifact belongs to: itself, the folder of a file in it, or of its ``export/``."""
     p = Path(artifact)
-    run = p if p.is_dir() else p.parent
-    if not (run / "recipe.toml").is_file():
+    for run in ([p] if p.is_dir() else []) + [p.parent, p.parent.parent]:
+        if (run / "recipe.toml").is_file():
+            return run
+    return None
+
+
+def recipe_test_folder(artifact: str | Path) -> Path | None:
+    """The test split named by the ``recipe.toml`` of the artifact's run folder, if any (best effort)."""
+    run = run_folder_of(artifact)
+    if run is None:
         return None
     try:
         from crdtool.recipe import load_recipe

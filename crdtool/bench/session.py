@@ -66,6 +66,8 @@ def run_bench(artifacts: Sequence[str], backends: Sequence[str] = ("auto",), *, 
     names: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="crdtool-bench-") as tmp:
         artifacts = [str(a) for a in artifacts]
+        if compare and spec_fields.get("size") is None and len(artifacts) == 1:
+            spec_fields["size"] = native_size(artifacts[0])  # a recipe's or run's size, for teacher and student
         if compare:
             pair = resolve_pair(artifacts, tmp)
             artifacts = [pair.teacher, pair.student]
