@@ -27,7 +27,7 @@ def run_with_progress(recipe_source: str | Path, resume: bool = False, overrides
     console.print(f"[bold]distill[/] {recipe.name}: teacher {teacher_spec.describe()}"
                   f"{' (pretrained)' if distiller.pretrained else ' (online)'} -> student "
                   f"{recipe.student.spec().describe()} on {distiller.rt.describe()}; run folder {distiller.run_dir}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if getattr(distiller.G_A, "checkpoint_layout", None):
         console.print(f"teacher checkpoint: {distiller.G_A.checkpoint_layout}", markup=False, highlight=False)
     for note in getattr(distiller, "notes", []):  # choices the run made on its own (data split, D mode, cache)

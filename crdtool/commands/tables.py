@@ -68,8 +68,9 @@ def print_distill_result(console: Console, recipe, result, resume_hint: str | No
     if rows:
         console.print(table)
     if len(rows) < 2:
-        console.print(f"no evaluation since step {rows[0][1]['step'] if rows else start} in this run "
-                      f"(one every train.eval_every = {recipe.train.eval_every} student steps)", highlight=False)
+        since = f"since step {rows[0][1]['step']}" if rows else f"in this run (resumed at step {start})"
+        console.print(f"no evaluation {since} (one every train.eval_every = {recipe.train.eval_every} student steps)",
+                      highlight=False)
     console.print(f"student: {result.student_path}\nteacher: {result.teacher_path}\n"
                   f"metrics: {result.run_dir / 'metrics.jsonl'}\nsamples: {result.run_dir / 'samples'}",
                   highlight=False)
