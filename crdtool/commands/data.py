@@ -13,7 +13,7 @@ data_app = typer.Typer(help="Dataset utilities: generate a small synthetic datas
                        rich_markup_mode=None)
 
 
-@data_app.command("synth")
+@data_app.command("synth", short_help="A deterministic synthetic dataset (no download).")
 @user_errors
 def synth(
     out: Path = typer.Argument(..., help="Folder to write (created; reused if it already matches)."),
