@@ -282,3 +282,10 @@ def test_bench_compare_of_a_run_runs_at_its_training_size(tmp_path, monkeypatch)
     rows = json.loads((tmp_path / "b.json").read_text())["results"]
     assert [r["size"] for r in rows] == [32, 32]
     assert "measuring 1/2:" in res.output  # piped: one line per measurement
+
+
+def test_bench_fid_without_inception_weights_fails_before_measuring(student_file, tmp_path):
+    from crdtool.metrics.fid import FID_INSTALL_HINT
+
+    res = invoke("bench", str(student_file), "--fid", "--inception-weights", str(tmp_path / "missing.pt"))
+    assert res.exit_code == 1 and FID_INSTALL_HINT in res.output and "measuring" not in res.output

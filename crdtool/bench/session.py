@@ -62,6 +62,10 @@ def run_bench(artifacts: Sequence[str], backends: Sequence[str] = ("auto",), *, 
     load_start = load_avg()
     if direction not in ("AtoB", "BtoA"):
         raise CrdError(f"--direction must be AtoB or BtoA, got {direction!r}")
+    if fid:  # fail before minutes of latency measurements, not after them
+        from crdtool.metrics.fid import resolve_inception_path
+
+        resolve_inception_path(inception_weights)
     notes: list[str] = []
     names: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="crdtool-bench-") as tmp:
