@@ -216,7 +216,14 @@ def stage_b(args) -> None:
         pairs = load_eval_set(args.data / name, 4)
         s = score_set(reference[name], [p.hr for p in pairs], [p.name for p in pairs], 4)
         t_scores[name] = {"psnr": round(s.psnr, 3), "ssim": round(s.ssim, 4)}
-    pt = profile_model(teacher, (1, 3, 256, 256), name="rrdb (Real-ESRGAN x4plus)")
+    # the teacher's profile and latency do not change between runs: a rerun (more steps) reuses them
+    previous = json.loads((RESULTS / "b.json").read_text()) if (RESULTS / "b.json").is_file() else None
+    if previous is None:
+        pt = profile_model(teacher, (1, 3, 256, 256), name="rrdb (Real-ESRGAN x4plus)")
+        teacher_gmacs = {k: round(v / 1e9, 3) for k, v in {**pt.macs, **pt.extra_macs}.items()}
+        teacher_params = pt.params
+    else:
+        teacher_gmacs, teacher_params = previous["gmacs_256"]["teacher"], previous["params"]["teacher"]
     ps = profile_model(load_generator(student_path), (1, 3, 256, 256))
     # grid: LR (nearest x4) | bicubic | teacher | student, first image of each set
     rows = []
@@ -236,13 +243,15 @@ def stage_b(args) -> None:
         RESULTS / "b-grid.png")
     shutil.copy2(student_path, RESULTS / "b-student.safetensors")
     lat_s = sr_latency(student_path, runs=5, warmup=1, threads=1)
-    lat_t = sr_latency(args.teacher, runs=1, warmup=0, threads=1)
+    lat_t = previous["latency_ms_threads1"]["teacher"] if previous else sr_latency(args.teacher, runs=1, warmup=0,
+                                                                                   threads=1)
     write("b", {"what": "Real-ESRGAN x4plus -> sr_resnet ngf32 x8 blocks: L1 + CRD to the teacher's cached outputs, "
                         "T91 patches 64x64 HR, batch 16, CPU short budget",
                 "train_steps": result.steps, "train_images": args.b_images or 91, "train_seconds": round(seconds, 1),
-                "gmacs_256": {"teacher": {k: round(v / 1e9, 3) for k, v in {**pt.macs, **pt.extra_macs}.items()},
+                "gmacs_256": {"teacher": teacher_gmacs,
                               "student": {k: round(v / 1e9, 3) for k, v in {**ps.macs, **ps.extra_macs}.items()}},
-                "params": {"teacher": pt.params, "student": ps.params},
+                "params": {"teacher": teacher_params, "student": ps.params},
+                "teacher_measurements": "this run" if previous is None else "reused from the previous b.json",
                 "student": scores, "teacher_vs_hr": t_scores,
                 "latency_ms_threads1": {"teacher": lat_t, "student": lat_s},
                 "grid": "b-grid.png (rows: first image of each set; LR nearest x4 | bicubic | teacher | student)",
