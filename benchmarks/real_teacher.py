@@ -85,6 +85,7 @@ class Settings:
     lr: float = 5e-4
     betas: tuple[float, float] = (0.5, 0.999)
     decay_from: float = 0.5  # lr decays linearly to 0 over the last half of the steps
+    fid_images: int = 50  # first N testA photos for FID/KID: Inception costs ~3 s per image on the shared CPU
     lambda_pixel: float = 10.0
     lambda_crd: float = 25.0
     lambda_gan: float = 1.0
@@ -339,9 +340,10 @@ class Scorer:
     def score(self, name: str, outputs: torch.Tensor) -> dict[str, float]:
         from crdtool.metrics import frechet_distance_from_features, kernel_inception_distance
 
-        ref = self.features("teacher-testA", self.splits["test"].teacher)
-        feats = self.features(name, outputs)
-        kid, kid_std = kernel_inception_distance(feats, ref, num_subsets=100, subset_size=50)
+        n = self.s.fid_images
+        ref = self.features(f"teacher-testA-n{n}", self.splits["test"].teacher[:n])
+        feats = self.features(f"{name}-n{n}", outputs[:n])
+        kid, kid_std = kernel_inception_distance(feats, ref, num_subsets=100, subset_size=min(50, n))
         return {"fid_to_teacher": frechet_distance_from_features(feats, ref), "kid_to_teacher": kid,
                 "kid_std": kid_std}
 
@@ -373,7 +375,7 @@ def run_arm(s: Settings, arm: str, seed: int, splits: dict[str, Split], perceptu
     student, timing = train_arm(s, arm, seed, splits["train"], perceptual)
     save_generator(student, folder / "student.safetensors")
     metrics = fidelity_scores(translate(student, splits["test"].inputs), splits["test"].teacher)
-    result = {"arm": arm, "seed": seed, "steps": s.steps, **timing, **_round(metrics)}
+    result = {"arm": arm, "seed": seed, "steps": s.steps, **timing, **_round(metrics), "command": command_line()}
     write_json_atomic(done, result)
     log(f"{arm} seed {seed}: PSNR {metrics['psnr_vs_teacher']:.2f} dB, SSIM {metrics['ssim_vs_teacher']:.4f}")
     return result
@@ -415,6 +417,7 @@ def references(s: Settings, splits: dict[str, Split], scorer: Scorer | None = No
     if scorer is not None and "fid_to_teacher" not in out["input"]:
         out["input"].update(_round(scorer.score("input-testA", test.inputs)))
         out["teacher_ref_split"].update(_round(scorer.score("teacher-train", splits["train"].teacher)))
+        out["fid_images"] = s.fid_images
     write_json_atomic(cached, out)
     return out
 
@@ -560,10 +563,17 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
                         "note": "the input skip adds no MACs; the plain tanh student is 1.408G too"},
             "references": refs, "arms": arms, "targets": targets, "cache_speedup": speed, "latency_ort_cpu": lat,
             "host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
-            "command": "python benchmarks/real_teacher.py " + " ".join(sys.argv[1:]),
-            "metrics_note": ("testA (100 held-out photos) at 256 px; FID/KID of outputs vs the teacher's testA "
-                             "outputs (TF-Inception pool3, 100 vs 100: exact low-rank FID; KID 100 subsets of 50); "
-                             "PSNR/SSIM per image vs the teacher's output, averaged")}
+            "command": command_line(),
+            "run_commands": sorted({r.get("command", "python benchmarks/real_teacher.py") for r in rows}),
+            "metrics_note": (f"testA (100 held-out photos) at 256 px. PSNR/SSIM per image vs the teacher's output, "
+                             f"averaged over all 100. FID/KID of outputs vs the teacher's outputs on the first "
+                             f"{s.fid_images} testA photos (TF-Inception pool3, {s.fid_images} vs {s.fid_images}: "
+                             f"exact low-rank FID; KID 100 subsets of {min(50, s.fid_images)}); the floor row: the "
+                             f"teacher's outputs on the first {s.fid_images} training photos vs those on testA")}
+
+
+def command_line() -> str:
+    return " ".join(["python benchmarks/real_teacher.py", *sys.argv[1:]])
 
 
 def _f(v: Any, d: int = 2) -> str:
@@ -572,7 +582,8 @@ def _f(v: Any, d: int = 2) -> str:
 
 def write_markdown(res: dict, path: Path) -> None:
     lines = ["# Real teacher (vintagify CycleGAN, 56.80G) -> mobile_resnet ngf16 student (1.408G), testA", "",
-             "| row | PSNR vs teacher (dB) | SSIM vs teacher | FID to teacher | KID to teacher | seeds |",
+             f"| row | PSNR vs teacher (dB) | SSIM vs teacher | FID to teacher (n={res['settings']['fid_images']}) | "
+             f"KID to teacher | seeds |",
              "|---|---|---|---|---|---|"]
     refs = res["references"]
     inp, floor = refs["input"], refs["teacher_ref_split"]
@@ -608,12 +619,14 @@ def write_markdown(res: dict, path: Path) -> None:
             lines.append(f"| {name} | {_f(row.get('fp32', {}).get('median_ms'), 1)} | {_f(i8.get('median_ms'), 1)} | "
                          f"{_f(i8.get('psnr_vs_teacher'))} | {_f(i8.get('ssim_vs_teacher'), 4)} |")
     st = res["settings"]
+    lines += ["", res["metrics_note"] + "."]
     lines += ["", f"Settings: {st['train_images']} training photos (first of trainA), {st['steps']} steps of batch "
               f"{st['batch']} random {st['crop']} px crops of (input, cached teacher output), Adam lr {st['lr']} "
               f"betas {st['betas']}, linear decay over the last {int(100 * (1 - st['decay_from']))}% of steps; "
               f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}; "
               f"VGG-19 style 1e4 / feature 10. Host: {res['host']['cpu']} ({', '.join(res['host']['cpu_flags'])}), "
-              f"{st['threads']} threads, load {res['host']['load_avg']}. Command: `{res['command']}`."]
+              f"{st['threads']} threads, load {res['host']['load_avg']}. Runs made by: "
+              f"{', '.join('`' + c + '`' for c in res['run_commands'])}; this file by `{res['command']}`."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -644,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=Settings.steps)
     p.add_argument("--log-every", type=int, default=Settings.log_every)
+    p.add_argument("--fid-images", type=int, default=Settings.fid_images)
     p.add_argument("--train-images", type=int, default=Settings.train_images)
     p.add_argument("--threads", type=int, default=Settings.threads)
     p.add_argument("--no-latency", action="store_true")
@@ -654,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
                  train_images=a.train_images, threads=a.threads, latency=not a.no_latency, log_every=a.log_every,
+                 fid_images=a.fid_images,
                  results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),
                  cache_dir=a.cache_dir.resolve())
     torch.set_num_threads(s.threads)
