@@ -238,7 +238,7 @@ def test_checkpoint_json(tmp_path):
     path = save_generator(build_generator("mobile_resnet", 8, n_blocks=3), tmp_path / "student.safetensors")
     result = _cli(str(path), "--size", "64", "--json")
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)  # stderr names the checkpoint layout
     assert doc["format"] == "crdtool.profile" and doc["version"] == 1 and doc["kind"] == "model"
     expected = profile_spec(GeneratorSpec("mobile_resnet", 8, n_blocks=3), 64)
     assert doc["macs"] == expected.macs and doc["params"] == expected.params
@@ -246,7 +246,7 @@ def test_checkpoint_json(tmp_path):
     assert sum(r["macs"]["literature"] for r in doc["rows"]) == expected.macs["literature"]
     assert {"path", "op", "input_shape", "output_shape", "macs", "params", "share"} <= set(doc["rows"][0])
     # the run folder resolves to its student
-    again = json.loads(_cli(str(tmp_path), "--size", "64", "--json").output)
+    again = json.loads(_cli(str(tmp_path), "--size", "64", "--json").stdout)
     assert again["macs"] == doc["macs"]
 
 
