@@ -52,6 +52,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--calib-images", type=int, default=32)
     p.add_argument("--real-student", type=Path, default=None, help="default: the first real_teacher/*-seed0 file")
     p.add_argument("--no-teacher-int8", action="store_true", help="skip the teacher's int8 exports (slow)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="keep exports here and reuse the ones already there (default: a temporary folder)")
+    p.add_argument("--models", default="teacher,student,student-real", help="comma-separated subset")
+    p.add_argument("--export-only", action="store_true", help="export into --work and stop (to export in parallel)")
+    p.add_argument("--part", choices=("all", "no-executorch", "executorch"), default="all",
+                   help="with --export-only: which artifacts (the ExecuTorch lowering is the slow one)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="edge_cpu")
     return p.parse_args(argv)
@@ -71,9 +77,12 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, tuple[Path, str]]:
     if vintagify is not None:
         out["teacher"] = (vintagify, "vintagify CycleGAN resnet ngf64 (real weights, affine IN)")
     else:
-        save_generator(build_generator("resnet", 64), work / "teacher.safetensors")
+        if not (work / "teacher.safetensors").is_file():  # kept, so exports in --work stay valid
+            save_generator(build_generator("resnet", 64), work / "teacher.safetensors")
         out["teacher"] = (work / "teacher.safetensors", "resnet ngf64 (random weights)")
-    save_generator(build_generator("mobile_resnet", 16), work / "student.safetensors")
+    student = build_generator("mobile_resnet", 16)
+    if not (work / "student.safetensors").is_file():
+        save_generator(student, work / "student.safetensors")
     out["student"] = (work / "student.safetensors", "mobile_resnet ngf16 (random weights)")
     real = args.real_student or next(iter(sorted(REAL_STUDENTS.glob("*-seed0.safetensors"))), None)
     if real is not None and Path(real).is_file():
@@ -82,21 +91,38 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, tuple[Path, str]]:
 
 
 def export_all(name: str, ckpt: Path, work: Path, args: argparse.Namespace, int8: bool) -> dict[str, Any]:
+    """Export (or reuse from --work) every artifact of one model; the ExecuTorch part may live in NAME-executorch/."""
     from crdtool.deploy.export import export_artifacts
 
-    t0 = time.perf_counter()
-    res = export_artifacts(ckpt, work / name, onnx=True, int8_cpu=int8, openvino=True, executorch=True, ncnn=True,
-                           size=args.size, images=args.data / "testA", calib_images=args.calib_images,
-                           verify_images=4)
-    manifest = json.loads(res.manifest.read_text())
-    print(f"exported {name} in {time.perf_counter() - t0:.0f} s: "
-          + ", ".join(f"{r.artifact} ({r.status})" for r in res.rows), flush=True)
-    return {"files": {k: str(v) for k, v in res.artifacts.items()},
-            "parity": {a["kind"]: a["parity"] for a in manifest["artifacts"]},
-            "notes": {a["kind"]: {k: v for k, v in a.get("notes", {}).items()
-                                  if k in ("rewrites", "xnnpack_subgraphs", "undelegated_ops", "precision")}
-                      for a in manifest["artifacts"]},
-            "export_seconds": round(time.perf_counter() - t0, 1)}
+    folders = {"all": [name], "no-executorch": [name], "executorch": [f"{name}-executorch"]}[args.part]
+    if not args.export_only:
+        folders = [f for f in (name, f"{name}-executorch") if (work / f / "manifest.json").is_file()] or [name]
+    out: dict[str, Any] = {"files": {}, "parity": {}, "notes": {}, "export_seconds": {}}
+    for folder in folders:
+        mf = work / folder / "manifest.json"
+        if not mf.is_file():
+            t0 = time.perf_counter()
+            et_only = folder.endswith("-executorch")
+            # the teacher's XNNPACK int8 is left out: its PT2E calibration + lowering alone took > 20 min here
+            res = export_artifacts(ckpt, work / folder, onnx=not et_only,
+                                   int8_cpu=int8 and not (et_only and name == "teacher"),
+                                   openvino=not et_only, executorch=args.part != "no-executorch", ncnn=not et_only,
+                                   size=args.size, images=args.data / "testA", calib_images=args.calib_images,
+                                   verify_images=4)
+            print(f"exported {folder} in {time.perf_counter() - t0:.0f} s: "
+                  + ", ".join(f"{r.artifact} ({r.status})" for r in res.rows), flush=True)
+            manifest = json.loads(res.manifest.read_text())
+            manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
+            mf.write_text(json.dumps(manifest, indent=1))
+        manifest = json.loads(mf.read_text())
+        out["export_seconds"][folder] = manifest.get("export_seconds")
+        for a in manifest["artifacts"]:
+            out["files"][a["kind"]] = str(work / folder / a["file"])
+            out["parity"][a["kind"]] = a["parity"]
+            out["notes"][a["kind"]] = {k: v for k, v in a.get("notes", {}).items()
+                                       if k in ("rewrites", "xnnpack_subgraphs", "undelegated_ops", "precision",
+                                                "calibration_images", "method", "quantizer")}
+    return out
 
 
 def measure(spec_args: dict[str, Any]) -> Any:
@@ -142,14 +168,27 @@ def main(argv: list[str]) -> int:
             versions[pkg] = "not installed"
 
     with tempfile.TemporaryDirectory(prefix="crdtool-edge-") as tmp:
-        work = Path(tmp)
-        found = models(args, work)
+        work = args.work.resolve() if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        wanted = set(args.models.split(","))
+        found = {k: v for k, v in models(args, work).items() if k in wanted}
         exports = {name: export_all(name, ckpt, work, args, int8=not (name == "teacher" and args.no_teacher_int8))
                    for name, (ckpt, _) in found.items()}
         # the ExecuTorch rewrite measured alone: the student lowered without it
-        raw = work / "student" / "student.no-rewrite.pte"
-        raw_info = et.export_pte(load_generator(found["student"][0]), raw, (1, 3, args.size, args.size), rewrite=False)
-        extra = [("executorch", "fp32", "student (no XNNPACK rewrite)", str(raw), str(found["student"][0]))]
+        extra, raw_info = [], None
+        if "student" in found and (not args.export_only or args.part == "all"):
+            raw = work / "student-no-rewrite" / "student.pte"
+            raw.parent.mkdir(exist_ok=True)
+            info_file = raw.with_suffix(".json")
+            if info_file.is_file() and raw.is_file():
+                raw_info = json.loads(info_file.read_text())
+            else:
+                raw_info = et.export_pte(load_generator(found["student"][0]), raw, (1, 3, args.size, args.size),
+                                         rewrite=False).to_dict()
+                info_file.write_text(json.dumps(raw_info))
+            extra = [("executorch", "fp32", "student (no XNNPACK rewrite)", str(raw), str(found["student"][0]))]
+        if args.export_only:
+            return 0
 
         rows: list[dict[str, Any]] = []
         args.out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +199,8 @@ def main(argv: list[str]) -> int:
                 names = list(found) if rnd % 2 == 0 else list(reversed(list(found)))
                 for name in names:
                     ckpt = found[name][0]
+                    if kind is not None and kind not in exports[name]["files"]:  # a parallel export may have landed
+                        exports[name] = export_all(name, ckpt, work, args, int8=True)
                     artifact = str(ckpt) if kind is None else exports[name]["files"].get(kind)
                     if artifact is None:
                         continue
@@ -187,7 +228,7 @@ def main(argv: list[str]) -> int:
                               flush=True)
 
         summary = summarize(rows, exports, found)
-        summary["executorch_without_rewrite"] = raw_info.to_dict()
+        summary["executorch_without_rewrite"] = raw_info
         doc = {"format": "crdtool.edge_cpu", "version": 1, "command": command, "started": started,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_avg_start": load_start,
                "load_avg_end": load_avg(), "host": cpu_info(), "threads": args.threads, "size": args.size,

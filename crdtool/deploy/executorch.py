@@ -150,12 +150,24 @@ def _quiet():
 
 
 def quantize_int8(model: nn.Module, example: torch.Tensor, calib: torch.Tensor, batch: int = 1) -> nn.Module:
-    """XNNPACK's symmetric int8 (per-channel weights, per-tensor activations), PT2E, calibrated on ``calib``."""
+    """XNNPACK's symmetric int8 (per-channel weights, per-tensor activations), PT2E, calibrated on ``calib``.
+
+    Activations are observed by min/max (as the onnxruntime QDQ export does) instead of the config's default
+    histogram observer, whose histogram merging took over 10 minutes per 256x256 teacher calibration here.
+    """
+    import dataclasses
+
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.observer import MinMaxObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    minmax = MinMaxObserver.with_args(eps=2**-12)
+    config = dataclasses.replace(config, **{
+        name: dataclasses.replace(getattr(config, name), observer_or_fake_quant_ctr=minmax)
+        for name in ("input_activation", "output_activation") if getattr(config, name) is not None})
+    quantizer = XNNPACKQuantizer().set_global(config)
     graph = torch.export.export(model, (example,), strict=False).module()
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
