@@ -593,7 +593,7 @@ def write_markdown(res: dict, path: Path) -> None:
     inp, floor = refs["input"], refs["teacher_ref_split"]
     lines.append(f"| untranslated input | {_f(inp['psnr_vs_teacher'])} | {_f(inp['ssim_vs_teacher'], 4)} | "
                  f"{_f(inp.get('fid_to_teacher'))} | {_f(inp.get('kid_to_teacher'), 4)} | - |")
-    lines.append(f"| teacher on its training photos, disjoint from testA (FID floor) | - | - | "
+    lines.append(f"| teacher on 50 of its training photos (other photos than testA's; the FID of other content) | - | - | "
                  f"{_f(floor.get('fid_to_teacher'))} | {_f(floor.get('kid_to_teacher'), 4)} | - |")
     for arm, a in res["arms"].items():
         def ms(k: str, d: int) -> str:
