@@ -199,3 +199,25 @@ def test_export_reads_a_folder_layouts_own_splits(tmp_path):
     test, _ = input_images(r, "test", None, 32)
     train, _ = input_images(r, "train", 4, 32)
     assert test.shape == (1, 3, 32, 32) and train.shape == (4, 3, 32, 32)  # 10 photos: 9 train, 1 held out
+
+
+def test_real_vintagify_teacher_through_the_cache(tmp_path, shared_data):
+    """The real 56.80G teacher on two real photos (64 px to stay fast): a subtle photo->photo
+    translation, computed once; skipped when `crdtool weights get vintagify` has not been run."""
+    from crdtool.data.images import list_images, load_image
+    from crdtool.data.transforms import eval_transform
+    from crdtool.metrics.fidelity import psnr
+    from crdtool.models.checkpoints import load_generator
+    from crdtool.weights import cached_path
+
+    path = cached_path("vintagify")
+    if path is None:
+        pytest.skip("vintagify weights not fetched (crdtool weights get vintagify)")
+    teacher = load_generator(path)
+    assert teacher.spec.affine and teacher.spec.ngf == 64
+    photos = list_images(shared_data / "photo2anime" / "testA")[:2]
+    x = torch.stack([eval_transform(load_image(p), 64) for p in photos])
+    cache = TeacherCache(teacher, tmp_path)
+    out = cache.outputs(photos, x, "resize64")
+    assert cache.outputs(photos, x, "resize64").equal(out) and cache.teacher_calls == 1
+    assert 15.0 < psnr(out, x) < 40.0  # changed, but still the same photo
