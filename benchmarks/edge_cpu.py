@@ -58,6 +58,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--export-only", action="store_true", help="export into --work and stop (to export in parallel)")
     p.add_argument("--part", choices=("all", "no-executorch", "executorch"), default="all",
                    help="with --export-only: which artifacts (the ExecuTorch lowering is the slow one)")
+    p.add_argument("--from-partial", action="store_true",
+                   help="write the reports from the measurements an interrupted run saved (OUT/NAME.partial.json)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="edge_cpu")
     return p.parse_args(argv)
@@ -96,7 +98,8 @@ def export_all(name: str, ckpt: Path, work: Path, args: argparse.Namespace, int8
 
     folders = {"all": [name], "no-executorch": [name], "executorch": [f"{name}-executorch"]}[args.part]
     if not args.export_only:
-        folders = [f for f in (name, f"{name}-executorch") if (work / f / "manifest.json").is_file()] or [name]
+        # measure what was exported into --work; a part still being exported in parallel is picked up later
+        folders = [f for f in (name, f"{name}-executorch") if (work / f / "manifest.json").is_file()]
     out: dict[str, Any] = {"files": {}, "parity": {}, "notes": {}, "export_seconds": {}}
     for folder in folders:
         mf = work / folder / "manifest.json"
@@ -193,7 +196,12 @@ def main(argv: list[str]) -> int:
         rows: list[dict[str, Any]] = []
         args.out.mkdir(parents=True, exist_ok=True)
         partial = args.out / f"{args.name}.partial.json"
-        for rnd in range(args.rounds):
+        if args.from_partial:
+            saved = json.loads(partial.read_text())
+            rows, command = saved, command + " (reports from the measurements of the interrupted run)"
+            started = "see the measurements' 'started'"
+        rounds = 0 if args.from_partial else args.rounds
+        for rnd in range(rounds):
             order = CONFIGS if rnd % 2 == 0 else list(reversed(CONFIGS))
             for backend, prec, kind in order:
                 names = list(found) if rnd % 2 == 0 else list(reversed(list(found)))
