@@ -205,6 +205,7 @@ def arm_recipe(s: Settings, dataset: str, arm: str, seed: int, teacher_dir: Path
     from crdtool.recipe import load_recipe
 
     base = load_recipe(base_recipe_path(s, dataset), _common(s, dataset))
+    teacher_dir = Path(teacher_dir).resolve()  # results record it relative to the working folder; recipes resolve
     out = s.runs_root / s.scale / dataset / f"{arm}-s{seed}"
     ov = {**_common(s, dataset), "seed": seed, "name": f"{base.name}-{arm}-s{seed}", "output_dir": str(out)}
     if arm == "no_kd":  # the student architecture alone, as an online CycleGAN, for the student's epochs

@@ -291,7 +291,7 @@ def test_corrupt_checkpoint_discriminator_and_bad_size_give_one_line(tmp_path):
     disc_pth = tmp_path / "latest_net_D.pth"
     torch.save(build_discriminator(ndf=8).state_dict(), disc_pth)
     for path, pattern in ((bad, "not a readable safetensors"), (disc, "not a crdtool generator"),
-                          (disc_pth, "does not look like a resnet or unet generator"),
+                          (disc_pth, "unknown generator checkpoint layout: first key"),
                           (tmp_path / "missing.safetensors", "not found")):
         with pytest.raises(CrdError, match=pattern) as e:
             export_artifacts(path)

@@ -133,7 +133,8 @@ def test_stats_roundtrip_and_published_layout(tmp_path):
 def test_preprocess_follows_the_protocol():
     x = torch.full((1, 3, 10, 14), 128, dtype=torch.uint8)
     y = F.preprocess(x)
-    assert y.shape == (1, 3, 299, 299) and torch.allclose(y, torch.zeros_like(y))
+    # bilinear resize keeps a constant image constant up to float rounding (kernels differ by CPU ISA)
+    assert y.shape == (1, 3, 299, 299) and torch.allclose(y, torch.zeros_like(y), atol=1e-6)
     assert F.preprocess(torch.full((3, 299, 299), 255, dtype=torch.uint8)).max().item() == 0.9921875
     with pytest.raises(TypeError):
         F.preprocess(torch.zeros(1, 3, 8, 8))

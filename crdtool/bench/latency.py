@@ -33,7 +33,8 @@ from crdtool.bench.artifacts import artifact_profile, export_temp_onnx, resolve_
 from crdtool.bench.env import current_command, device_info, library_versions, load_avg, physical_cores
 from crdtool.bench.inputs import input_pool
 from crdtool.bench.floor import exact_macs, probe_fma_rate
-from crdtool.bench.runners import EDGE_BACKENDS, Runner, artifact_kind, default_backend, make_runner, parse_backend
+from crdtool.bench.dispatch import make_runner
+from crdtool.bench.runners import EDGE_BACKENDS, Runner, artifact_kind, default_backend, parse_backend
 from crdtool.errors import CrdError
 
 RESULT_MARKER = "CRDTOOL_BENCH_RESULT "

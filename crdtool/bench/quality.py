@@ -142,7 +142,8 @@ def evaluate_fid(artifact: str | Path, backend: str = "auto", data: str | Path |
     features are at hand). ``real`` is precomputed statistics, a stats file, or None (computed from ``data``).
     """
     from crdtool.bench.env import physical_cores
-    from crdtool.bench.runners import artifact_kind, default_backend, make_runner, parse_backend
+    from crdtool.bench.dispatch import make_runner
+    from crdtool.bench.runners import artifact_kind, default_backend, parse_backend
 
     t0 = time.perf_counter()
     be = default_backend(artifact_kind(artifact)) if backend == "auto" else parse_backend(backend)

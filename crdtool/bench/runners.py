@@ -375,28 +375,3 @@ class TensorRTRunner(Runner):
 
     def output(self) -> torch.Tensor:
         return self.y.float().cpu()
-
-
-def make_runner(artifact: str | Path, backend: Backend, batch: int = 1, size: int = 256,
-                threads: int | None = None, onnx: str | Path | None = None) -> Runner:
-    """The runner for ``artifact`` on ``backend`` (a torch artifact on an ort or edge backend needs ``onnx``,
-    the file it was exported or converted to)."""
-    kind = artifact_kind(artifact)
-    check_compatible(kind, backend, artifact)
-    if backend.framework == "torch":
-        from crdtool.models.checkpoints import load_generator
-
-        return TorchRunner(load_generator(artifact), backend)
-    if backend.framework == "onnx":
-        path = artifact if kind == "onnx" else onnx
-        if path is None:
-            raise CrdError(f"{artifact} must be exported to ONNX before running on {backend.label}")
-        return OrtRunner(path, backend, threads, batch, size)
-    if backend.framework in EDGE_BACKENDS:
-        from crdtool.bench.edge import make_edge_runner
-
-        path = onnx if kind == "torch" else artifact
-        if path is None:
-            raise CrdError(f"{artifact} must be converted before running on {backend.label}")
-        return make_edge_runner(path, backend.name, threads, batch, size)
-    return TensorRTRunner(artifact, batch, size)
