@@ -286,7 +286,7 @@ def test_sr_export_is_dynamic_and_bench_scores_it(tmp_path):
 
 def test_sr_search_respects_budget_and_its_arch_trains(tmp_path):
     """A tiny AGD SR search: the derived sr_arch.json fits the budget (exact MACs = profile) and distils."""
-    from crdtool.search.sr_space import SRSearchConfig, SRSupernet, run_sr_search
+    from crdtool.search.sr_space import SRSearchConfig, SRSupernet, run_sr_search, smallest_macs
 
     _tiny_sr_data(tmp_path / "data")
     cfg = SRSearchConfig(data=tmp_path / "data", train_sets=["train", "val"], num_feat=8, cells=3, widths=(4, 8),
@@ -305,11 +305,60 @@ def test_sr_search_respects_budget_and_its_arch_trains(tmp_path):
     assert float(net.expected_macs().detach()) == pytest.approx(sr_arch_macs(one_hot, 16, 16))
     with pytest.raises(CrdError, match="fits"):
         net.derive(1000)
+    # the cheapest member of the space: every cell a skip at the narrowest width (a 1x1 conv only at 8 -> 4)
+    cheapest = {"scale": 4, "num_feat": 8, "cells": [{"op": "skip", "width": 4}] * 3}
+    assert smallest_macs(cfg) == sr_arch_macs(cheapest, 16, 16)
     recipe = _tiny_recipe(tmp_path, None)
     recipe.write_text(recipe.read_text().replace('arch = "sr_resnet"', f'arch = "{(tmp_path / "s" / "sr_arch.json").as_posix()}"'))
     from crdtool.distill import run
 
     assert run(recipe).steps == 6
+
+
+def _tiny_sr_search_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "sr-search.toml"
+    path.write_text("\n".join([
+        'name = "sr-search-tiny"', 'task = "sr"', f'output_dir = "{(tmp_path / "search").as_posix()}"', "[data]",
+        'root = "data"', "scale = 4", 'train_sets = ["train", "val"]', "crop_size = 16", "batch_size = 2",
+        "[search]", 'budget = "1.5M"', "size = 16", "num_feat = 8", "cells = 3", "widths = [4, 8]", "steps = 4",
+        "threads = 1"]) + "\n")
+    return path
+
+
+def test_search_cli_runs_an_sr_recipe(tmp_path):
+    """``crdtool search`` on a task = "sr" recipe runs the AGD SR search: sr_arch.json within the budget."""
+    from typer.testing import CliRunner
+
+    from crdtool.cli import app
+
+    _tiny_sr_data(tmp_path / "data")
+    recipe = _tiny_sr_search_recipe(tmp_path)
+    res = CliRunner().invoke(app, ["search", str(recipe)])
+    assert res.exit_code == 0, res.output
+    arch = json.loads((tmp_path / "search" / "sr_arch.json").read_text())
+    assert arch["meta"]["macs"] <= 1_500_000 and len(arch["cells"]) == 3
+    assert profile_spec(sr_arch_spec(arch), 16).macs["exact"] == arch["meta"]["macs"]
+    assert "within" in res.output and "cell 2" in res.output and "sr_arch.json" in res.output
+    assert len((tmp_path / "search" / "search.jsonl").read_text().splitlines()) == 1  # the last of 4 steps
+    assert 'task = "sr"' in (tmp_path / "search" / "search_recipe.toml").read_text()
+    # --budget overrides the recipe's (the impossible one names the space); a used folder is refused
+    res = CliRunner().invoke(app, ["search", str(recipe), "--budget", "1K", "--out", str(tmp_path / "s2")])
+    assert res.exit_code == 1 and "no network in this space fits" in res.output
+    res = CliRunner().invoke(app, ["search", str(recipe)])
+    assert res.exit_code == 1 and "already holds an SR search" in res.output
+    for args, msg in ((["--window", "0.1"], "--window does not apply"), (["--resume"], "cannot be resumed"),
+                      (["--set", "search.widths=[0]"], "search.widths")):
+        res = CliRunner().invoke(app, ["search", str(recipe), "--out", str(tmp_path / "s3"), *args])
+        assert res.exit_code == 1 and msg in res.output, res.output
+
+
+def test_repository_sr_search_recipe_parses():
+    from crdtool.search.sr_recipe import load_sr_search_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_sr_search_recipe(root / "recipes" / "sr-search-x4.toml").to_config()
+    assert cfg.budget == pytest.approx(110.9e9) and cfg.size == 256 and cfg.scale == 4
+    assert cfg.ops == SR_OPS and cfg.data == (root.parent / "shared" / "data" / "sr").resolve()
 
 
 @pytest.mark.slow

@@ -77,7 +77,8 @@ def print_result(cfg, r, sets: Optional[list[str]] = None) -> None:
 
 @user_errors
 def search(
-    recipe: Path = typer.Argument(..., help="Search recipe (.toml), e.g. recipes/quickstart-search.toml."),
+    recipe: Path = typer.Argument(..., help="Search recipe (.toml), e.g. recipes/quickstart-search.toml or "
+                                            "recipes/sr-search-x4.toml."),
     budget: Optional[str] = typer.Option(
         None, "--budget", help="MAC budget at the recipe's crop size: 1.4G, 350M, 88e6 (default: search.budget)."),
     window: Optional[float] = typer.Option(
@@ -88,9 +89,68 @@ def search(
     set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
                                              help="Override a recipe key: --set search.steps=50"),
 ) -> None:
-    """Search a generator architecture under a MAC budget (AutoGAN-Distiller); writes RUN/arch.json."""
+    """Search a generator architecture under a MAC budget (AutoGAN-Distiller); writes RUN/arch.json.
+
+    A recipe with task = "sr" searches a super-resolution student (RUN/sr_arch.json).
+    """
+    from crdtool.recipe import read_toml
+    from crdtool.search.sr_recipe import is_sr_search_recipe
+
     overrides = parse_overrides(set_)
+    if is_sr_search_recipe(read_toml(recipe, overrides)):
+        _check_sr_options(window, resume, device)
+        print_sr_result(_run_sr(recipe, budget, out, overrides))
+        return
     if device is not None:
         overrides["search.device"] = device
     cfg, result = _run(recipe, budget, window, resume, out, overrides)
     print_result(cfg, result, set_)
+
+
+# ---------------------------------------------------------------------------------------------- task "sr"
+
+
+def _check_sr_options(window: Optional[float], resume: bool, device: Optional[str]) -> None:
+    from crdtool.errors import CrdError
+
+    if window is not None:
+        raise CrdError("--window does not apply to an SR search: its budget is a ceiling (search.budget, --budget)")
+    if resume:
+        raise CrdError("an SR search keeps no checkpoints and cannot be resumed; run it again into a new --out")
+    if device not in (None, "auto", "cpu"):
+        raise CrdError(f"the SR search runs on the CPU; --device {device} is not supported for it")
+
+
+def _run_sr(recipe: Path, budget: Optional[str], out: Optional[Path], overrides: dict):
+    from crdtool.search.space import format_macs
+    from crdtool.search.sr_recipe import load_sr_search_recipe, run_sr_search_recipe
+
+    cfg = load_sr_search_recipe(recipe, overrides)
+    config = cfg.to_config(budget, out)
+    console.print(f"[bold]SR search[/] {cfg.name}: budget {format_macs(config.budget)} MACs at a {config.size}x"
+                  f"{config.size} LR input; {config.cells} cells of {', '.join(config.ops)} x widths "
+                  f"{'/'.join(map(str, config.widths))}; run folder {config.out_dir}", highlight=False)
+    with StepProgress(console, "search", config.steps) as bar:
+        def on_progress(info: dict) -> None:
+            extra = f"  E[MACs] {info['expected_gmacs']:.2f}G" if "expected_gmacs" in info else ""
+            bar.update(info["step"], info=f"L1 {info['l1']:.4f}{extra}")
+
+        return run_sr_search_recipe(cfg, budget, out, on_progress)
+
+
+def print_sr_result(r) -> None:
+    from crdtool.search.space import format_macs
+
+    table = Table(title=f"derived SR network: {format_macs(r.macs)} MACs at a {r.size}x{r.size} LR input, "
+                        f"{r.params / 1e6:.3f}M params")
+    for col, just in (("layer", "left"), ("operator", "left"), ("width", "right"), ("MACs", "right")):
+        table.add_column(col, justify=just)
+    for i, (c, m) in enumerate(zip(r.arch["cells"], r.cell_macs)):
+        table.add_row(f"cell {i}", c["op"], str(c["width"]), format_macs(m))
+    console.print(table)
+    fits = "[green]within[/]" if r.macs <= r.budget else "[red]OVER[/]"
+    repaired = f"; {r.repaired} cell(s) narrowed to fit" if r.repaired else ""
+    console.print(f"budget {format_macs(r.budget)}: {fits}{repaired}; {r.steps} steps in {r.seconds:.0f} s",
+                  highlight=False)
+    console.print(f"arch: {r.arch_path}\nnext: distil it with a task = \"sr\" recipe and student = "
+                  f"{{ arch = \"{Path(r.arch_path).resolve()}\" }}", highlight=False)

@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -144,8 +144,25 @@ class SRSupernet(nn.Module):
         return out
 
 
-def run_sr_search(cfg: SRSearchConfig) -> dict[str, Any]:
-    """Search, write ``out_dir/sr_arch.json`` and ``out_dir/search.jsonl``; returns the derived arch."""
+def smallest_macs(cfg: SRSearchConfig) -> int:
+    """Exact MACs of the cheapest network in the space at ``size`` x ``size`` (a shortest path over widths)."""
+    hw = cfg.size
+    best = {cfg.num_feat: 0}
+    for _ in range(cfg.cells):
+        best = {co: min(m + sr_op_macs(op, ci, co, hw, hw) for ci, m in best.items() for op in cfg.ops)
+                for co in cfg.widths}
+    return min(m + sr_fixed_macs(cfg.num_feat, w, cfg.scale, hw, hw) for w, m in best.items())
+
+
+def run_sr_search(cfg: SRSearchConfig, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Search, write ``out_dir/sr_arch.json`` and ``out_dir/search.jsonl``; returns the derived arch.
+
+    ``on_progress`` receives ``{"step", "total", "l1"}`` (and the architecture terms on arch steps) per step.
+    """
+    lowest = smallest_macs(cfg)
+    if lowest > cfg.budget:
+        raise CrdError(f"no network in this space fits {cfg.budget / 1e9:.4g}G MACs at {cfg.size}x{cfg.size} (the "
+                       f"smallest costs {lowest / 1e9:.4g}G); raise the budget or narrow the widths or cells")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -175,6 +192,8 @@ def run_sr_search(cfg: SRSearchConfig) -> dict[str, Any]:
             a_loss.backward()
             opt_a.step()
             row.update(arch_loss=float(a_loss.detach()), expected_gmacs=float(emacs.detach()) / 1e9)
+        if on_progress is not None:
+            on_progress({**row, "total": cfg.steps})
         if (step + 1) % 20 == 0 or step + 1 == cfg.steps:
             log.write(json.dumps({**row, "seconds": round(time.time() - t0, 1)}) + "\n")
             log.flush()
