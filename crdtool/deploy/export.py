@@ -10,12 +10,10 @@ PyTorch fp32 output) and flagged when low.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,35 +24,19 @@ from crdtool.data.splits import aligned_half, find_test_split, source_side
 from crdtool.data.synth import smooth_noise_images
 from crdtool.deploy import onnx as onnx_mod
 from crdtool.deploy import optimize, quantize, tensorrt
-from crdtool.deploy.edge import EDGE_KIND_BACKEND, build_edge_artifacts
-from crdtool.deploy.manifest import MANIFEST_NAME, ArtifactEntry, build_manifest, carry_over, sha256_file, write_manifest
+from crdtool.deploy.artifacts import KIND_BACKEND, ArtifactLog, ExportRow, Staging
+from crdtool.deploy.edge import build_edge_artifacts
+from crdtool.deploy.manifest import MANIFEST_NAME, build_manifest, carry_over, sha256_file, write_manifest
 from crdtool.deploy.onnx import Parity
 from crdtool.errors import CrdError
-from crdtool.fileio import ensure_writable_dir
 from crdtool.models.checkpoints import load_generator, resolve_generator_path
 from crdtool.models.registry import generator_stride
 
 DEFAULT_SIZE = 256
 VERIFY_IMAGES = 8
 LOW_PSNR_DB = 25.0  # reduced-precision artifacts below this are flagged (not refused)
-KIND_BACKEND = {"onnx-fp32": "onnxruntime-cpu", "onnx-int8-qdq": "onnxruntime-cpu", "onnx-fp16": "onnxruntime-cpu",
-                "trt-fp32": "tensorrt", "trt-fp16": "tensorrt", "trt-int8": "tensorrt", **EDGE_KIND_BACKEND}
 
-
-@dataclass
-class ExportRow:
-    """One line of the parity table."""
-
-    artifact: str
-    kind: str
-    backend: str
-    parity: Parity | None
-    bytes: int
-    status: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"artifact": self.artifact, "kind": self.kind, "backend": self.backend, "bytes": self.bytes,
-                "status": self.status, "parity": None if self.parity is None else self.parity.to_dict()}
+__all__ = ["KIND_BACKEND", "ExportResult", "ExportRow", "default_out_dir", "export_artifacts", "input_images"]
 
 
 @dataclass
@@ -170,21 +152,6 @@ def default_out_dir(source: str | Path) -> Path:
     return source.with_name(f"{source.stem}-export")
 
 
-def _publish(staging: Path, out_dir: Path, files: list[str]) -> None:
-    """Move verified files into ``out_dir`` (manifest last). Nothing else there is touched: files of earlier
-    exports stay, and the new manifest lists them (``manifest.carry_over``)."""
-    mode = _file_mode()
-    for name in [f for f in files if f != MANIFEST_NAME] + [MANIFEST_NAME]:
-        os.chmod(staging / name, mode)  # temp files are created 0600; artifacts are meant to be copied around
-        os.replace(staging / name, out_dir / name)
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 # ------------------------------------------------------------------------------------------ main
 
 def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, onnx: bool = True,
@@ -201,13 +168,7 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
     ``openvino`` / ``executorch`` / ``ncnn`` add the edge runtimes' files (``crdtool.deploy.edge``), with
     their int8 variants when ``int8_cpu`` (OpenVINO, ExecuTorch).
     """
-    if trt is not None and trt not in tensorrt.TRT_PRECISIONS:
-        raise CrdError(f"unknown TensorRT precision {trt!r}; expected one of {', '.join(tensorrt.TRT_PRECISIONS)}")
-    if not (onnx or int8_cpu or fp16 or trt or openvino or executorch or ncnn):
-        raise CrdError("nothing to export: choose at least one of --onnx, --int8-cpu, --fp16, --trt, --openvino, "
-                       "--executorch, --ncnn")
-    if calib_images < 1 or verify_images < 1:
-        raise CrdError("--calib-images and the number of verification images must be >= 1")
+    check_request(trt, calib_images, verify_images, onnx, int8_cpu, fp16, openvino, executorch, ncnn)
     src_path = resolve_generator_path(source)
     run_dir = Path(source) if Path(source).is_dir() else None
     model = load_generator(src_path)
@@ -222,82 +183,17 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
     if size < stride or size % stride:
         raise CrdError(f"--size {size} must be a positive multiple of {stride} for {spec.describe()}")
     shape = (1, 3, size, size)
-
     want_int8 = int8_cpu or trt == "int8"
-    want_fp16 = fp16 or trt == "fp16"
     verify, v_src, synthetic, calib, c_src = _verification_and_calibration(
         images, recipe, size, verify_images, calib_images, want_int8, notes)
 
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(source)
-    created = not out_dir.exists()
-    ensure_writable_dir(out_dir)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out_dir))
-    except OSError as e:
-        raise CrdError(f"output folder {out_dir} is not writable: {e.strerror or e}") from e
-
-    stem = src_path.stem
-    rows: list[ExportRow] = []
-    entries: list[ArtifactEntry] = []
-    published: dict[str, str] = {}  # kind -> file name
-    trt_message = None
-    try:
-        reference = onnx_mod.reference_outputs(model, verify)
-        graphs: dict[str, Path] = {}
-
-        def record(kind: str, path: Path, parity: Parity | None, keep: bool, status: str = "ok",
-                   extra: dict[str, Any] | None = None) -> None:
-            reduced = not kind.endswith("fp32")
-            if status == "ok" and parity is not None and reduced and parity.psnr_db < LOW_PSNR_DB:
-                status = f"low PSNR (< {LOW_PSNR_DB:g} dB)"
-            size_b = path.stat().st_size if path.is_file() else 0
-            shown = "ok (intermediate, not kept)" if status == "ok" and not keep else status
-            rows.append(ExportRow(path.name, kind, KIND_BACKEND[kind], parity, size_b, shown))
-            if keep:
-                published[kind] = path.name
-                entries.append(ArtifactEntry(path.name, kind, KIND_BACKEND[kind], size_b, sha256_file(path),
-                                             None if parity is None else parity.to_dict(), status, extra or {}))
-
-        fp32 = onnx_mod.export_onnx(model, staging / f"{stem}.onnx", shape, dynamic=dynamic)
-        # The published fp32 graph gets exact CPU rewrites (crdtool.deploy.optimize); INT8/FP16 and TensorRT
-        # start from the plain export, whose Pad -> Conv pattern TensorRT fuses and the QDQ pass expects.
-        plain = fp32
-        if cpu_optimize:
-            plain = staging / f".{stem}.plain.onnx"
-            shutil.copyfile(fp32, plain)
-            optimize.optimize_for_cpu(fp32, fp32)  # exact; the parity gate below checks the result
-        parity = onnx_mod.measure_parity(reference, onnx_mod.run_onnx(fp32, verify))
-        onnx_mod.check_fp32_parity(parity, f"the ONNX export of {src_path.name}")
-        graphs["fp32"] = plain
-        record("onnx-fp32", fp32, parity, onnx, extra={
-            "opset": onnx_mod.OPSET, "cpu_rewrites": list(optimize.DEFAULT_REWRITES) if cpu_optimize else []})
-
-        if want_int8:
-            q = quantize.quantize_int8_qdq(plain, staging / f"{stem}.int8.onnx", calib)
-            graphs["int8"] = q
-            record("onnx-int8-qdq", q, onnx_mod.measure_parity(reference, onnx_mod.run_onnx(q, verify)), True,
-                   extra={"quantized_ops": list(quantize.QUANTIZED_OPS), "symmetric": True,
-                          "calibration": "minmax", "calibration_images": int(len(calib))})
-        if want_fp16:
-            h = quantize.convert_fp16(plain, staging / f"{stem}.fp16.onnx", sample_inputs=verify[:4])
-            graphs["fp16"] = h
-            record("onnx-fp16", h, onnx_mod.measure_parity(reference, onnx_mod.run_onnx(h, verify)), True,
-                   extra={"fp32_ops": sorted(quantize.KEEP_FP32_OPS & _op_types(h)), "io_dtype": "float32"})
-
-        companions: list[str] = []  # weight files published with an edge artifact
-        for art in build_edge_artifacts(model, staging, stem, shape, plain_onnx=plain, reference=reference,
-                                        verify=verify, calib=calib if int8_cpu else None, openvino=openvino,
-                                        executorch=executorch, ncnn=ncnn, dynamic=dynamic,
-                                        source_name=src_path.name):
-            extra = dict(art.extra)
-            if art.companions:
-                extra["companion_files"] = {p.name: sha256_file(p) for p in art.companions}
-                companions += [p.name for p in art.companions]
-            record(art.kind, art.path, art.parity, True, extra=extra)
-
-        if trt is not None:
-            trt_message = _build_trt(trt, graphs, staging, stem, shape, dynamic, stride, workspace_gb, timing_cache,
-                                     reference, verify, record)
+    with Staging(out_dir) as stage:
+        job = _ImageExport(model, src_path, stage.path, shape, dynamic, stride, verify)
+        plain = job.onnx_fp32(keep=onnx, cpu_optimize=cpu_optimize)
+        job.reduced(plain, calib if want_int8 else None, fp16 or trt == "fp16")
+        job.edge(plain, calib if int8_cpu else None, openvino=openvino, executorch=executorch, ncnn=ncnn)
+        trt_message = None if trt is None else job.tensorrt(trt, workspace_gb, timing_cache)
 
         verification = {"images": v_src, "synthetic": synthetic, "n_images": int(len(verify)),
                         "reference": "PyTorch fp32 on CPU", "fp32_max_abs_limit": onnx_mod.FP32_MAX_ABS,
@@ -305,21 +201,106 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
         calibration = None if calib is None else {"images": c_src, "n_images": int(len(calib)), "method": "minmax"}
         manifest = build_manifest(source=src_path, source_kind="run" if run_dir else "file",
                                   generator=spec.to_dict(), input_shape=shape, dynamic=dynamic, stride=stride,
-                                  artifacts=entries, verification=verification, calibration=calibration)
-        if trt_message:
-            manifest["tensorrt"] = {"built": False, "reason": trt_message}
-        kept, stale = carry_over(out_dir, manifest)
-        write_manifest(staging / MANIFEST_NAME, manifest)
-        _publish(staging, out_dir, list(published.values()) + companions + [MANIFEST_NAME])
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
+                                  artifacts=job.log.entries, verification=verification, calibration=calibration)
+        kept, stale = finish_manifest(manifest, stage, job.log, trt_message)
     return ExportResult(src_path, out_dir, out_dir / MANIFEST_NAME, shape,
-                        {k: out_dir / v for k, v in published.items()}, rows, v_src, synthetic, c_src, dynamic,
-                        trt_message, notes, kept, stale)
+                        {k: out_dir / v for k, v in job.log.published.items()}, job.log.rows, v_src, synthetic,
+                        c_src, dynamic, trt_message, notes, kept, stale)
+
+
+def check_request(trt: str | None, calib_images: int, verify_images: int, *wanted: bool) -> None:
+    """One-line errors for an export request that cannot be right, before any work."""
+    if trt is not None and trt not in tensorrt.TRT_PRECISIONS:
+        raise CrdError(f"unknown TensorRT precision {trt!r}; expected one of {', '.join(tensorrt.TRT_PRECISIONS)}")
+    if not (trt or any(wanted)):
+        raise CrdError("nothing to export: choose at least one of --onnx, --int8-cpu, --fp16, --trt, --openvino, "
+                       "--executorch, --ncnn")
+    if calib_images < 1 or verify_images < 1:
+        raise CrdError("--calib-images and the number of verification images must be >= 1")
+
+
+def finish_manifest(manifest: dict[str, Any], stage: Staging, log: ArtifactLog,
+                    trt_message: str | None) -> tuple[list[str], dict[str, str]]:
+    """Note a TensorRT engine that was not built, list the earlier exports' files, write and publish."""
+    if trt_message:
+        manifest["tensorrt"] = {"built": False, "reason": trt_message}
+    kept, stale = carry_over(stage.out_dir, manifest)
+    write_manifest(stage.path / MANIFEST_NAME, manifest)
+    stage.publish(log.files() + [MANIFEST_NAME])
+    return kept, stale
+
+
+class _ImageExport:
+    """The artifacts of one image-to-image export, built in ``staging`` and verified against PyTorch on ``verify``."""
+
+    def __init__(self, model: torch.nn.Module, src_path: Path, staging: Path, shape: tuple[int, int, int, int],
+                 dynamic: bool, stride: int, verify: torch.Tensor):
+        self.model, self.src_path, self.staging, self.shape = model, src_path, staging, shape
+        self.dynamic, self.stride, self.verify = dynamic, stride, verify
+        self.stem = src_path.stem
+        self.log = ArtifactLog(LOW_PSNR_DB)
+        self.reference = onnx_mod.reference_outputs(model, verify)
+        self.graphs: dict[str, Path] = {}  # precision -> the ONNX graph a TensorRT engine starts from
+
+    def _parity(self, outputs: np.ndarray) -> Parity:
+        return onnx_mod.measure_parity(self.reference, outputs)
+
+    def onnx_fp32(self, keep: bool, cpu_optimize: bool) -> Path:
+        """The verified fp32 graph; returns the plain export (before the CPU rewrites) the others start from."""
+        stem = self.stem
+        fp32 = onnx_mod.export_onnx(self.model, self.staging / f"{stem}.onnx", self.shape, dynamic=self.dynamic)
+        # The published fp32 graph gets exact CPU rewrites (crdtool.deploy.optimize); INT8/FP16 and TensorRT
+        # start from the plain export, whose Pad -> Conv pattern TensorRT fuses and the QDQ pass expects.
+        plain = fp32
+        if cpu_optimize:
+            plain = self.staging / f".{stem}.plain.onnx"
+            shutil.copyfile(fp32, plain)
+            optimize.optimize_for_cpu(fp32, fp32)  # exact; the parity gate below checks the result
+        parity = self._parity(onnx_mod.run_onnx(fp32, self.verify))
+        onnx_mod.check_fp32_parity(parity, f"the ONNX export of {self.src_path.name}")
+        self.graphs["fp32"] = plain
+        self.log.record("onnx-fp32", fp32, parity, keep, extra={
+            "opset": onnx_mod.OPSET, "cpu_rewrites": list(optimize.DEFAULT_REWRITES) if cpu_optimize else []})
+        return plain
+
+    def reduced(self, plain: Path, calib: torch.Tensor | None, fp16: bool) -> None:
+        """The INT8 QDQ graph (when ``calib`` is given) and the FP16 graph (when ``fp16``)."""
+        if calib is not None:
+            q = quantize.quantize_int8_qdq(plain, self.staging / f"{self.stem}.int8.onnx", calib)
+            self.graphs["int8"] = q
+            self.log.record("onnx-int8-qdq", q, self._parity(onnx_mod.run_onnx(q, self.verify)), True,
+                            extra=int8_notes(len(calib)))
+        if fp16:
+            h = quantize.convert_fp16(plain, self.staging / f"{self.stem}.fp16.onnx", sample_inputs=self.verify[:4])
+            self.graphs["fp16"] = h
+            self.log.record("onnx-fp16", h, self._parity(onnx_mod.run_onnx(h, self.verify)), True,
+                            extra=fp16_notes(h))
+
+    def edge(self, plain: Path, calib: torch.Tensor | None, **runtimes: bool) -> None:
+        for art in build_edge_artifacts(self.model, self.staging, self.stem, self.shape, plain_onnx=plain,
+                                        reference=self.reference, verify=self.verify, calib=calib,
+                                        dynamic=self.dynamic, source_name=self.src_path.name, **runtimes):
+            extra = dict(art.extra)
+            if art.companions:  # weight files published with an edge artifact
+                extra["companion_files"] = {p.name: sha256_file(p) for p in art.companions}
+                self.log.companions += [p.name for p in art.companions]
+            self.log.record(art.kind, art.path, art.parity, True, extra=extra)
+
+    def tensorrt(self, precision: str, workspace_gb: float, timing_cache: str | Path | None) -> str | None:
+        """Build and verify one engine; returns a one-line reason instead when TensorRT cannot run here."""
+        profile = tensorrt.profile_shapes(self.shape, self.dynamic, self.stride)
+        return build_trt_artifact(precision, self.graphs, self.staging, self.stem, profile, workspace_gb,
+                                  timing_cache, self.log, lambda engine: tensorrt.verify_engine(
+                                      engine, self.reference, self.verify), {"dynamic": self.dynamic})
+
+
+def int8_notes(n_calib: int) -> dict[str, Any]:
+    return {"quantized_ops": list(quantize.QUANTIZED_OPS), "symmetric": True, "calibration": "minmax",
+            "calibration_images": int(n_calib)}
+
+
+def fp16_notes(path: Path) -> dict[str, Any]:
+    return {"fp32_ops": sorted(quantize.KEEP_FP32_OPS & _op_types(path)), "io_dtype": "float32"}
 
 
 def _op_types(path: Path) -> set[str]:
@@ -328,27 +309,27 @@ def _op_types(path: Path) -> set[str]:
     return {n.op_type for n in onnx_lib.load(str(path), load_external_data=False).graph.node}
 
 
-def _build_trt(precision: str, graphs: dict[str, Path], staging: Path, stem: str, shape: tuple[int, ...],
-               dynamic: bool, stride: int, workspace_gb: float, timing_cache: str | Path | None,
-               reference: np.ndarray, verify: torch.Tensor, record) -> str | None:
-    """Build and verify one engine; returns a one-line reason instead when TensorRT cannot run here."""
+def build_trt_artifact(precision: str, graphs: dict[str, Path], staging: Path, stem: str,
+                       profile: tensorrt.ProfileShapes | None, workspace_gb: float, timing_cache: str | Path | None,
+                       log: ArtifactLog, verify: Callable[[Path], Any], notes: dict[str, Any]) -> str | None:
+    """Build one engine from the ONNX graph of its precision and verify it (``verify(engine)`` -> parity);
+    returns a one-line reason instead when TensorRT cannot run here. Shared by the image and SR exports."""
     kind = f"trt-{precision}"
     onnx_in = tensorrt.onnx_for_precision(precision, graphs)
     engine = staging / tensorrt.engine_name(stem, precision)
     probe = tensorrt.probe_tensorrt()
     if not probe.available:
-        record(kind, engine, None, False, status=f"skipped: {probe.reason}")
+        log.record(kind, engine, None, False, status=f"skipped: {probe.reason}")
         return probe.reason
     cache = Path(timing_cache) if timing_cache else tensorrt.timing_cache_path(probe.version or "unknown",
                                                                                 probe.device or "gpu")
-    build = tensorrt.build_engine(onnx_in, engine, profile=tensorrt.profile_shapes(shape, dynamic, stride),
-                                  workspace_gb=workspace_gb, timing_cache=cache)
-    parity = tensorrt.verify_engine(engine, reference, verify)
+    build = tensorrt.build_engine(onnx_in, engine, profile=profile, workspace_gb=workspace_gb, timing_cache=cache)
+    parity = verify(engine)
     if precision == "fp32" and not parity.max_abs <= tensorrt.TRT_FP32_MAX_ABS:
         raise CrdError(f"the fp32 TensorRT engine does not match PyTorch: max abs error {parity.max_abs:.3g} > "
                        f"{tensorrt.TRT_FP32_MAX_ABS:g}; not writing it")
-    record(kind, engine, parity, True, extra={"tensorrt": build.tensorrt_version, "device": probe.device,
-                                              "onnx": onnx_in.name, "strongly_typed": build.strongly_typed,
-                                              "build_seconds": round(build.seconds, 2),
-                                              "workspace_gb": workspace_gb, "dynamic": dynamic})
+    log.record(kind, engine, parity, True, extra={"tensorrt": build.tensorrt_version, "device": probe.device,
+                                                  "onnx": onnx_in.name, "strongly_typed": build.strongly_typed,
+                                                  "build_seconds": round(build.seconds, 2),
+                                                  "workspace_gb": workspace_gb, **notes})
     return None
