@@ -522,3 +522,142 @@ def test_export_trt_missing_is_skipped_cleanly(run_dir, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "student.onnx"]
     assert json.loads(res.manifest.read_text())["tensorrt"] == {"built": False,
                                                                 "reason": "no CUDA GPU is visible to torch"}
+
+
+# ----------------------------------------------------------------------------------------- super-resolution
+
+SR_SET5 = REPO.parent / "shared" / "data" / "sr" / "Set5"
+SR_STUDENT = REPO / "benchmarks" / "results" / "sr" / "b-student.safetensors"
+LR_SIZES = ((20, 24), (18, 30), (24, 20))  # whole LR images of different sizes: one dynamic graph serves all
+
+
+@pytest.fixture(scope="module")
+def sr_student(tmp_path_factory) -> Path:
+    """A tiny sr_resnet with O(1) activations in its residual branch (the bilinear skip carries the image)."""
+    from crdtool.models.registry import family_spec
+
+    model = _kaiming(build_generator(family_spec("sr_resnet", ngf=4, n_blocks=1)), seed=1)
+    return save_generator(model, tmp_path_factory.mktemp("sr") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def lr_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lr")
+    for i, (h, w) in enumerate(LR_SIZES):
+        img = to_uint8(smooth_noise_images(1, max(h, w), seed=10 + i))[0][:h, :w]
+        Image.fromarray(img).save(folder / f"{i}.png")
+    return folder
+
+
+def test_sr_export_fp16_and_int8_are_scored_by_psnr_y_on_lr_images(sr_student, lr_folder, tmp_path):
+    from crdtool.data.sr import read_uint8, to_tensor
+    from crdtool.data.sr import to_uint8 as sr_uint8
+    from crdtool.deploy.sr import export_sr
+    from crdtool.metrics.sr import psnr_y
+    from crdtool.models.checkpoints import load_generator
+
+    res = export_sr(sr_student, tmp_path / "o", fp16=True, int8=True, images=lr_folder, calib_images=2)
+    assert set(res.artifacts) == {"onnx-fp32", "onnx-fp16", "onnx-int8-qdq"} and not res.synthetic
+    m = json.loads(res.manifest.read_text())
+    assert m["task"] == "sr" and m["output"]["scale"] == 4
+    assert m["verification"]["lr_sizes"] == [list(s) for s in LR_SIZES]
+    assert m["calibration"]["n_images"] == 2 and "verification images" in m["calibration"]["images"]
+    entries = {a["kind"]: a for a in m["artifacts"]}
+    assert entries["onnx-int8-qdq"]["notes"]["calibration_images"] == 2
+    for kind, entry in entries.items():
+        assert entry["sha256"] == sha256_file(tmp_path / "o" / entry["file"]) and entry["status"] == "ok"
+        assert entry["parity"]["metric"] == "psnr_y" and entry["parity"]["n_images"] == 3
+    assert entries["onnx-fp32"]["parity"]["max_abs"] <= donnx.FP32_MAX_ABS
+    fp16_db, int8_db = entries["onnx-fp16"]["parity"]["psnr_y_db"], entries["onnx-int8-qdq"]["parity"]["psnr_y_db"]
+    assert int8_db < fp16_db and int8_db >= entries["onnx-int8-qdq"]["parity"]["psnr_y_min_db"]
+    # int8 is a real QDQ graph, fp16 a float16 one; both keep dynamic LR sides and float32 I/O
+    assert quantize.count_ops(res.artifacts["onnx-int8-qdq"], ["QuantizeLinear"])["QuantizeLinear"] > 0
+    half = onnx.load(str(res.artifacts["onnx-fp16"]))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+    for path in res.artifacts.values():
+        g = onnx.load(str(path)).graph
+        assert not g.input[0].type.tensor_type.shape.dim[2].HasField("dim_value")
+        assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # the manifest's PSNR-Y is what an SR paper's scorer gives for the int8 output of one image
+    one = export_sr(sr_student, tmp_path / "one", int8=True, images=[read_uint8(lr_folder / "1.png")])
+    x = to_tensor(read_uint8(lr_folder / "1.png"))[None]
+    with torch.no_grad():
+        ref = sr_uint8(load_generator(sr_student)(x)[0])
+    out = donnx.run_onnx(one.artifacts["onnx-int8-qdq"], x)
+    assert out.shape == (1, 3, 72, 120)
+    got = sr_uint8(torch.from_numpy(out)[0])
+    parity = json.loads(one.manifest.read_text())["artifacts"][1]["parity"]
+    assert parity["psnr_y_db"] == pytest.approx(psnr_y(got, ref, 4), abs=1e-3)
+
+
+def test_sr_export_cli_and_errors(sr_student, lr_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from crdtool.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(sr_student), "--fp16", "--int8-cpu", "--images", str(lr_folder),
+                                   "--calib-images", "2", "-o", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert {r["kind"]: r["status"] for r in doc["rows"]} == {"onnx-fp32": "ok", "onnx-fp16": "ok",
+                                                             "onnx-int8-qdq": "ok"}
+    assert doc["dynamic"] and doc["calibration"].endswith("(the verification images)")
+    res = CliRunner().invoke(app, ["export", str(sr_student), "--fp16", "--images", str(lr_folder), "-o",
+                                   str(tmp_path / "o")])
+    assert res.exit_code == 0 and "PSNR-Y" in res.output and "tiny.fp16.onnx" in res.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())  # the int8 graph of the first run stays
+    assert {a["kind"] for a in manifest["artifacts"]} == {"onnx-fp32", "onnx-fp16", "onnx-int8-qdq"}
+    for args, msg in ((["--openvino"], "ONNX (fp32, --fp16, --int8-cpu) and TensorRT only"),
+                      (["--no-onnx"], "nothing to export")):
+        res = CliRunner().invoke(app, ["export", str(sr_student), "-o", str(tmp_path / "x"), *args])
+        assert res.exit_code == 1 and msg in res.output and not (tmp_path / "x").exists(), res.output
+
+
+def test_sr_trt_profile_is_on_the_lr_input():
+    p = tensorrt.sr_profile_shapes((180, 320), [(57, 86), (128, 128)])
+    assert p.min == (1, 3, 57, 86) and p.opt == (1, 3, 180, 320) and p.max == (8, 3, 360, 640)
+    p = tensorrt.sr_profile_shapes((16, 16), [(20, 24), (18, 30)], max_batch=2)
+    assert p.min == (1, 3, 8, 8) and p.max == (2, 3, 32, 32)
+    p = tensorrt.sr_profile_shapes((16, 16), [(40, 4)])
+    assert p.min == (1, 3, 8, 4) and p.max[2:] == (40, 32)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_sr_export_trt_with_stub_builds_on_lr_profile_and_outputs_x4(sr_student, lr_folder, tmp_path, monkeypatch,
+                                                                     precision):
+    from crdtool.deploy.sr import export_sr
+
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls))
+    monkeypatch.setattr(tensorrt, "probe_tensorrt", lambda: tensorrt.TrtProbe(True, "10.3.0-stub", "Stub GPU"))
+    real_each = tensorrt.run_engine_each
+    monkeypatch.setattr(tensorrt, "run_engine_each", lambda *a, **k: real_each(*a, device="cpu", **k))
+    res = export_sr(sr_student, tmp_path / "o", trt=precision, images=lr_folder, lr_size=16, calib_images=2,
+                    timing_cache=tmp_path / "t.cache")
+    rows = {r.kind: r for r in res.rows}
+    assert rows[f"trt-{precision}"].status == "ok" and res.trt_message is None
+    graph = "tiny.onnx" if precision == "fp32" else "tiny.int8.onnx"
+    assert ("parse_from_file", graph) in calls
+    # the one profile names the LR input: typical 16x16, widened to every verification image's LR size
+    assert ("set_shape", "input", (1, 3, 8, 8), (1, 3, 16, 16), (8, 3, 32, 32)) in calls
+    # the engine ran every LR image and returned it 4x larger (the parity is measured against PyTorch's x4)
+    shapes = [c[2] for c in calls if c[0] == "set_input_shape"]
+    assert shapes == [(1, 3, *s) for s in LR_SIZES]
+    onnx_row = rows["onnx-fp32" if precision == "fp32" else "onnx-int8-qdq"]
+    assert rows[f"trt-{precision}"].parity.psnr_db == pytest.approx(onnx_row.parity.psnr_db, abs=1e-6)
+    m = json.loads(res.manifest.read_text())
+    entry = next(a for a in m["artifacts"] if a["kind"] == f"trt-{precision}")
+    assert entry["notes"]["scale"] == 4 and entry["notes"]["profile"]["opt"] == [1, 3, 16, 16]
+    assert (tmp_path / "o" / f"tiny.{precision}.engine").is_file()
+
+
+@pytest.mark.skipif(not (SR_SET5.is_dir() and SR_STUDENT.is_file()), reason="needs ../shared/data/sr")
+def test_sr_export_of_the_trained_student_on_set5_lr_images(tmp_path):
+    """The committed Real-ESRGAN student, exported fp16 and int8 and verified on Set5's real LR images."""
+    from crdtool.deploy.sr import export_sr
+
+    res = export_sr(SR_STUDENT, tmp_path / "o", fp16=True, int8=True, images=SR_SET5)
+    m = json.loads(res.manifest.read_text())
+    assert m["verification"]["images"] == str(SR_SET5) and m["verification"]["n_images"] == 5
+    parity = {a["kind"]: a["parity"] for a in m["artifacts"]}
+    assert parity["onnx-fp16"]["psnr_y_db"] >= 45 and parity["onnx-int8-qdq"]["psnr_y_db"] >= 30

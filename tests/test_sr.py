@@ -272,7 +272,7 @@ def test_sr_export_is_dynamic_and_bench_scores_it(tmp_path):
     from crdtool.models.checkpoints import save_generator
 
     src = save_generator(build_generator(family_spec("sr_resnet", ngf=4, n_blocks=1)), tmp_path / "s.safetensors")
-    manifest = export_sr(src, tmp_path / "export")
+    manifest = json.loads(export_sr(src, tmp_path / "export").manifest.read_text())
     assert manifest["output"]["scale"] == 4 and manifest["input"]["dynamic"]
     assert [c["input"][2:] for c in manifest["verification"]["parity"]] == [[48, 64], [45, 80]]
     onnx_path = tmp_path / "export" / "s.onnx"

@@ -36,11 +36,13 @@ def export(
     workspace_gb: float = typer.Option(2.0, "--workspace-gb", help="TensorRT builder workspace limit (GiB)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the table."),
 ) -> None:
-    """Export a distilled generator to ONNX / INT8 / FP16 / TensorRT, verified against PyTorch."""
-    from crdtool.deploy.sr import is_sr_source
+    """Export a distilled generator to ONNX / INT8 / FP16 / TensorRT, verified against PyTorch.
 
-    if is_sr_source(source):  # super-resolution: one dynamic fp32 ONNX graph, parity at two LR sizes
-        return _export_sr(source, out, json_out)
+    A super-resolution generator gets dynamic graphs (any LR size) verified by PSNR-Y on whole LR images;
+    --images takes an SR set folder or a folder of LR images, --size the typical LR side of a TensorRT profile.
+    """
+    from crdtool.deploy.sr import export_sr, is_sr_source
+
     try:
         if int8 and not trt:
             raise CrdError("--int8 picks the TensorRT precision and needs --trt (for onnxruntime use --int8-cpu)")
@@ -48,10 +50,17 @@ def export(
             raise CrdError("--trt takes one precision: --fp16 or --int8, not both")
         precision = ("int8" if int8 else "fp16" if fp16 else "fp32") if trt else None
         with err_console.status("exporting and verifying...") if not json_out else contextlib.nullcontext():
-            result = export_artifacts(source, out, onnx=onnx, int8_cpu=int8_cpu, fp16=fp16, trt=precision,
-                                      dynamic=dynamic, size=size, images=images, calib_images=calib_images,
-                                      workspace_gb=workspace_gb, openvino=openvino, executorch=executorch,
-                                      ncnn=ncnn)
+            if is_sr_source(source):
+                if openvino or executorch or ncnn:
+                    raise CrdError("a super-resolution generator exports to ONNX (fp32, --fp16, --int8-cpu) and "
+                                   "TensorRT only; drop --openvino / --executorch / --ncnn")
+                result = export_sr(source, out, onnx=onnx, fp16=fp16, int8=int8_cpu, trt=precision, images=images,
+                                   calib_images=calib_images, lr_size=size, workspace_gb=workspace_gb)
+            else:
+                result = export_artifacts(source, out, onnx=onnx, int8_cpu=int8_cpu, fp16=fp16, trt=precision,
+                                          dynamic=dynamic, size=size, images=images, calib_images=calib_images,
+                                          workspace_gb=workspace_gb, openvino=openvino, executorch=executorch,
+                                          ncnn=ncnn)
     except CrdError as e:
         fail(str(e))
     if json_out:
@@ -63,19 +72,3 @@ def export(
         err_console.print(f"[yellow]--trt skipped:[/] {escape(result.trt_message)}; produced: {escape(produced)}",
                   soft_wrap=True)
         raise typer.Exit(1)
-
-
-def _export_sr(source: Path, out: Optional[Path], json_out: bool) -> None:
-    from crdtool.deploy.sr import export_sr
-
-    try:
-        manifest = export_sr(source, out)
-    except CrdError as e:
-        fail(str(e))
-    if json_out:
-        typer.echo(json.dumps(manifest, indent=2))
-        return
-    art = manifest["artifacts"][0]
-    checks = "; ".join(f"{c['input'][2]}x{c['input'][3]}: max abs {c['max_abs']:.2e}" for c in manifest["verification"]["parity"])
-    console.print(f"{art['file']} (dynamic batch/height/width, x{manifest['output']['scale']}, input RGB in [0, 1]) "
-                  f"vs PyTorch fp32: {checks}; ok", markup=False, highlight=False, soft_wrap=True)

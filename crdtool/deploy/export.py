@@ -96,7 +96,7 @@ def input_images(recipe: Any, split: str, n: int | None, size: int) -> tuple[tor
     return torch.stack(out), folder
 
 
-def _load_run_recipe(run_dir: Path | None, notes: list[str]):
+def load_run_recipe(run_dir: Path | None, notes: list[str]):
     if run_dir is None or not (run_dir / "recipe.toml").is_file():
         return None
     from crdtool.recipe import load_recipe
@@ -178,7 +178,7 @@ def export_artifacts(source: str | Path, out_dir: str | Path | None = None, *, o
     stride = generator_stride(model)
 
     notes: list[str] = []
-    recipe = _load_run_recipe(run_dir, notes)
+    recipe = load_run_recipe(run_dir, notes)
     size = int(size or (recipe.data.crop_size if recipe is not None else DEFAULT_SIZE))
     if size < stride or size % stride:
         raise CrdError(f"--size {size} must be a positive multiple of {stride} for {spec.describe()}")

@@ -42,28 +42,47 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _calibration_reader(input_name: str, images: torch.Tensor | np.ndarray):
+Inputs = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
+
+
+def each_input(images: Inputs) -> list[np.ndarray]:
+    """One float32 (1, C, H, W) array per image, from a batch (N, C, H, W) or from a list of images that may
+    differ in size (an SR graph's whole LR images), each (C, H, W) or (1, C, H, W)."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        items: Sequence = [images[i:i + 1] for i in range(len(images))]
+    else:
+        items = images
+    out = []
+    for t in items:
+        a = t.detach().cpu().float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, np.float32)
+        out.append(np.ascontiguousarray(a[None] if a.ndim == 3 else a, dtype=np.float32))
+    return out
+
+
+def _calibration_reader(input_name: str, images: Inputs):
     from onnxruntime.quantization import CalibrationDataReader
 
-    x = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images, np.float32)
+    xs = each_input(images)
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter(range(len(x)))
+            self._it = iter(xs)
 
         def get_next(self):
-            i = next(self._it, None)
-            return None if i is None else {input_name: x[i:i + 1]}
+            x = next(self._it, None)
+            return None if x is None else {input_name: x}
 
         def rewind(self) -> None:
-            self._it = iter(range(len(x)))
+            self._it = iter(xs)
 
     return _Reader()
 
 
-def quantize_int8_qdq(onnx_in: str | Path, onnx_out: str | Path, calib_images: torch.Tensor, *,
+def quantize_int8_qdq(onnx_in: str | Path, onnx_out: str | Path, calib_images: Inputs, *,
                       per_channel: bool = True, move_qdq_above_pad: bool = True) -> Path:
-    """Static int8 QDQ model of ``onnx_in`` calibrated (min/max) on ``calib_images`` (N, 3, H, W in [-1, 1]).
+    """Static int8 QDQ model of ``onnx_in`` calibrated (min/max) on ``calib_images``: (N, 3, H, W) in the
+    model's input range ([-1, 1] for the image-to-image generators), or a list of images of different sizes
+    for a dynamic graph (an SR model's LR images in [0, 1]).
 
     Symmetric int8 for activations and weights, so the graph is also a TensorRT explicit-quantization input.
     """
@@ -174,7 +193,7 @@ def _topological_sort(graph) -> None:
 # ----------------------------------------------------------------------------------------------- FP16
 
 
-def _activation_peaks(model, sample_inputs: np.ndarray) -> dict[str, float]:
+def _activation_peaks(model, sample_inputs: Inputs) -> dict[str, float]:
     """Max |value| of every float intermediate tensor on ``sample_inputs`` (fp32 onnxruntime run)."""
     import onnx
     import onnxruntime as ort
@@ -191,14 +210,13 @@ def _activation_peaks(model, sample_inputs: np.ndarray) -> dict[str, float]:
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     peaks: dict[str, float] = defaultdict(float)
-    x = np.asarray(sample_inputs, np.float32)
-    for i in range(len(x)):
-        for name, value in zip(names, sess.run(names, {sess.get_inputs()[0].name: x[i:i + 1]})):
+    for x in each_input(sample_inputs):
+        for name, value in zip(names, sess.run(names, {sess.get_inputs()[0].name: x})):
             peaks[name] = max(peaks[name], float(np.max(np.abs(value))) if value.size else 0.0)
     return peaks
 
 
-def out_of_range_nodes(model, sample_inputs: np.ndarray | torch.Tensor | None = None) -> list[str]:
+def out_of_range_nodes(model, sample_inputs: Inputs | None = None) -> list[str]:
     """Names of nodes float16 cannot hold: a weight, or (on ``sample_inputs``) an output, beyond
     ``FP16_SAFE_MAX``. onnxruntime's converter only clamps such values to 65504, which silently turns
     a model with large activations into garbage (``test_fp16_keeps_nodes_with_out_of_range_values_fp32``),
@@ -209,8 +227,7 @@ def out_of_range_nodes(model, sample_inputs: np.ndarray | torch.Tensor | None = 
            and float(np.max(np.abs(numpy_helper.to_array(t)), initial=0.0)) > FP16_SAFE_MAX}
     peaks = {}
     if sample_inputs is not None:
-        x = sample_inputs.detach().cpu().numpy() if isinstance(sample_inputs, torch.Tensor) else sample_inputs
-        peaks = _activation_peaks(model, x)
+        peaks = _activation_peaks(model, sample_inputs)
     return [n.name for n in model.graph.node if any(i in big for i in n.input)
             or any(peaks.get(o, 0.0) > FP16_SAFE_MAX for o in n.output)]
 
@@ -268,7 +285,7 @@ def _keep_blocked_nodes_fp32(half, original) -> None:
 
 
 def convert_fp16(onnx_in: str | Path, onnx_out: str | Path, *, keep_fp32_ops: Iterable[str] = KEEP_FP32_OPS,
-                 sample_inputs: np.ndarray | torch.Tensor | None = None) -> Path:
+                 sample_inputs: Inputs | None = None) -> Path:
     """Float16 copy of an fp32 graph with float32 inputs/outputs (onnxruntime's converter).
 
     Nodes of ``keep_fp32_ops`` and the ``out_of_range_nodes`` stay float32, with Casts at the boundaries.

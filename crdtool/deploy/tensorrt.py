@@ -117,6 +117,17 @@ def profile_shapes(input_shape: Sequence[int], dynamic: bool, stride: int = 4, *
                          (max(n, max_batch), c, _round_up(2 * h, stride), _round_up(2 * w, stride)))
 
 
+def sr_profile_shapes(lr_hw: Sequence[int], cover: Sequence[Sequence[int]] = (), *, max_batch: int = 8,
+                      name: str = INPUT_NAME) -> ProfileShapes:
+    """The profile of a super-resolution engine, on its LR input: sides from half to twice ``lr_hw`` (the typical
+    frame), widened to every LR size in ``cover`` (the verification images). The output is scale x larger;
+    TensorRT derives it from the graph, so the profile names only the input."""
+    p = profile_shapes((1, 3, *lr_hw), True, stride=1, max_batch=max_batch, name=name)
+    hs, ws = [int(hw[0]) for hw in cover], [int(hw[1]) for hw in cover]
+    return ProfileShapes(name, (1, 3, min([p.min[2], *hs]), min([p.min[3], *ws])), p.opt,
+                         (p.max[0], 3, max([p.max[2], *hs]), max([p.max[3], *ws])))
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("CRDTOOL_CACHE_DIR")
     if env:
@@ -282,8 +293,15 @@ class TrtRunner:
 
 def run_engine(engine_path: str | Path, images, *, trt: Any = None, device: str = "cuda") -> np.ndarray:
     """Outputs for ``images`` (N, 3, H, W), one image at a time (static engines take batch 1)."""
+    return np.concatenate(run_engine_each(engine_path, [images[i:i + 1] for i in range(len(images))], trt=trt,
+                                          device=device))
+
+
+def run_engine_each(engine_path: str | Path, images: Sequence[Any], *, trt: Any = None,
+                    device: str = "cuda") -> list[np.ndarray]:
+    """One output per (1, 3, h, w) input; the inputs may differ in size (an SR engine on whole LR images)."""
     runner = TrtRunner(engine_path, trt=trt, device=device)
-    return np.concatenate([runner(images[i:i + 1]).cpu().numpy() for i in range(len(images))])
+    return [runner(x).cpu().numpy() for x in images]
 
 
 def verify_engine(engine_path: str | Path, reference: np.ndarray, images, *, trt: Any = None,

@@ -113,3 +113,52 @@ def evaluate_sr(upscale: Callable[[torch.Tensor], torch.Tensor], pairs: Sequence
         outs.append(to_uint8(y[0]))
     targets = list(reference) if reference is not None else [p.hr for p in pairs]
     return score_set(outs, targets, [p.name for p in pairs], scale), outs
+
+
+@dataclass(frozen=True)
+class SRParity:
+    """An exported SR model's outputs against PyTorch fp32's on the same whole LR images.
+
+    ``psnr_db`` is PSNR-Y as SR papers score it (uint8 outputs, BT.601 Y, ``border`` pixels cropped), from the
+    squared error pooled over every image's pixels (inf only when every uint8 output is identical);
+    ``psnr_min_db`` is the worst single image; ``max_abs`` / ``mean_abs`` are on the float outputs in [0, 1].
+    """
+
+    max_abs: float
+    mean_abs: float
+    psnr_db: float
+    psnr_min_db: float
+    n_images: int
+
+    def to_dict(self) -> dict:
+        def db(v: float) -> float | None:
+            return None if math.isinf(v) else round(v, 3)
+
+        return {"metric": "psnr_y", "max_abs": self.max_abs, "mean_abs": self.mean_abs, "psnr_y_db": db(self.psnr_db),
+                "psnr_y_min_db": db(self.psnr_min_db), "n_images": self.n_images}
+
+
+def sr_parity(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], border: int) -> SRParity:
+    """``outputs`` against ``reference``: one float (1, 3, H, W) array in [0, 1] per LR image, sizes may differ."""
+    from crdtool.errors import CrdError
+
+    def psnr(se: float, n: int) -> float:
+        return math.inf if se == 0 else 10 * math.log10(255.0 ** 2 * n / se)
+
+    max_abs = abs_sum = se_sum = 0.0
+    n_el = n_px = 0
+    worst = math.inf
+    for ref, out in zip(reference, outputs, strict=True):
+        if ref.shape != out.shape:
+            raise CrdError(f"output shape {tuple(out.shape)} differs from the PyTorch output {tuple(ref.shape)}")
+        diff = out.astype(np.float64) - ref.astype(np.float64)
+        if not np.all(np.isfinite(diff)):
+            return SRParity(math.inf, math.inf, -math.inf, -math.inf, len(reference))
+        err = np.abs(diff)
+        max_abs, abs_sum, n_el = max(max_abs, float(err.max())), abs_sum + float(err.sum()), n_el + err.size
+        a = shave(luma(to_uint8(torch.from_numpy(np.ascontiguousarray(out[0])))), border)
+        b = shave(luma(to_uint8(torch.from_numpy(np.ascontiguousarray(ref[0])))), border)
+        se = float(np.sum((a - b) ** 2))
+        worst = min(worst, psnr(se, a.size))
+        se_sum, n_px = se_sum + se, n_px + a.size
+    return SRParity(max_abs, abs_sum / max(n_el, 1), psnr(se_sum, n_px), worst, len(reference))
