@@ -253,17 +253,18 @@ def variants(d, batch, dev: torch.device, args, rounds: int, steps: int, sync) -
 
     from crdtool.runtime import Runtime
 
-    default, eager, eager_terms = d.rt, d.fwd["student"], d._student_terms
+    step = d.steps["student"]
+    default, eager, eager_terms = d.rt, d.fwd["student"], step.terms
     choices = {"fp32": ("fp32", False), "fp32+channels_last": ("fp32", True),
                "bf16": ("bf16", False), "bf16+channels_last": ("bf16", True)}
     out: dict[str, Any] = {"default": runtime_name(default)}
     setups: dict[str, Callable[[], None]] = {}
 
     def use(rt, student_fwd, terms=eager_terms) -> None:
-        d.rt = rt
+        d.rt = step.ctx.rt = d.opts.rt = rt
         set_layout(d, rt.channels_last)
         d.fwd["student"] = student_fwd
-        d._student_terms = terms
+        step.terms = terms
 
     def first_step_seconds() -> float:
         t0 = time.perf_counter()
@@ -287,7 +288,7 @@ def variants(d, batch, dev: torch.device, args, rounds: int, steps: int, sync) -
             continue
         setups[name] = lambda rt=Runtime.create(dev.type, prec, cl): use(rt, eager)
     if args.compile:
-        # (a) what train.compile = true does (Distiller._build): compile the student's forward
+        # (a) what train.compile = true does (train.networks.distribute): compile the student's forward
         compiled = torch.compile(d.student)
         try_variant(runtime_name(default) + "+compile", lambda: use(default, compiled))
         # (b) not in the library yet, measured to decide: the whole student loss (student, CRD, VGG, D term)
@@ -301,7 +302,7 @@ def variants(d, batch, dev: torch.device, args, rounds: int, steps: int, sync) -
             setup()
             rates[name].append(timed(lambda b: d.student_step(b), [batch], 1, steps, sync))
     use(default, eager)
-    del d._student_terms  # back to the class's method
+    del step.terms  # back to the class's method
     base = rates.get(runtime_name(default))
     for name, r in rates.items():
         out[name] = {"steps_per_s": round(median(r), 3)}

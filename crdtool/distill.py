@@ -8,7 +8,8 @@ from typing import Any, Callable
 from crdtool.errors import CrdError
 from crdtool.recipe import Recipe, load_recipe
 from crdtool.runtime import Runtime
-from crdtool.train.loop import DistillResult, Distiller
+from crdtool.train.loop import Distiller
+from crdtool.train.result import DistillResult
 
 RUN_RECIPE = "recipe.toml"
 
@@ -37,15 +38,21 @@ def prepare_data(recipe: Recipe) -> Path:
 def run(recipe: Recipe | str | Path, resume: bool = False, overrides: dict[str, Any] | None = None,
         runtime: Runtime | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
     """Distil the recipe's student (a recipe, its file or a run folder); ``resume`` continues from the run
-    folder's latest checkpoint, and resuming a finished run returns ``already_finished`` and writes nothing."""
+    folder's latest checkpoint, and resuming a finished run returns ``already_finished`` and writes nothing.
+
+    ``on_progress`` gets ``{"event": "start", ...}`` once the run folder is ready (what runs where, the
+    ``step`` it starts from, its ``total`` steps, ``notes`` on choices the run made itself, ``rank``), then
+    ``{"event": "step", "step", "losses", ...}`` as it trains (every step; every ``LOG_EVERY`` steps for
+    ``task = "sr"``)."""
     if not isinstance(recipe, Recipe):
         recipe = load_distill_recipe(recipe, overrides)
     elif overrides:
         raise ValueError("overrides apply to recipe files; edit the Recipe object instead")
     if recipe.task == "sr":  # its own compact trainer: patches, a frozen rrdb teacher, no discriminator
-        from crdtool.train.sr import run_sr
+        from crdtool.train.sr import SRTrainer
 
-        return run_sr(recipe, resume=resume, on_progress=on_progress)
-    prepare_data(recipe)
-    distiller = Distiller(recipe, runtime=runtime, on_progress=on_progress)
-    return distiller.run(resume=resume)
+        trainer: Distiller | SRTrainer = SRTrainer(recipe, on_progress=on_progress, runtime=runtime)
+    else:
+        prepare_data(recipe)
+        trainer = Distiller(recipe, runtime=runtime, on_progress=on_progress)
+    return trainer.run(resume=resume, on_start=on_progress)

@@ -114,6 +114,12 @@ class Runtime:
         cl = cuda if channels_last == "auto" else bool(channels_last)
         return cls(dev, PRECISIONS[precision], cl, compile, ranks, threads)
 
+    @classmethod
+    def for_training(cls, train: Any, env: Mapping[str, str] | None = None) -> "Runtime":
+        """The runtime a recipe's [train] section asks for: device, precision, channels_last, compile, threads."""
+        channels_last = {"auto": "auto", "on": True, "off": False}[train.channels_last]
+        return cls.create(train.device, train.precision, channels_last, train.compile, threads=train.threads, env=env)
+
     # ------------------------------------------------------------------ where
     @property
     def is_cuda(self) -> bool:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from crdtool.cli import app
 from crdtool.recipe import dump_toml
-from crdtool.train.loop import Distiller
+from crdtool.train.run_log import RunLog
 from tests.helpers import TINY
 
 runner = CliRunner()
@@ -45,14 +45,14 @@ def write_tiny_recipe(folder: Path, **train) -> Path:
 
 def interrupt_at(monkeypatch, step: int) -> None:
     """Ctrl-C at ``step``: a real SIGINT, delivered to the handler the run installs."""
-    track = Distiller._track
+    track = RunLog.track
 
     def track_then_interrupt(self, losses):
         track(self, losses)
         if self.progress.step == step:
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(Distiller, "_track", track_then_interrupt)
+    monkeypatch.setattr(RunLog, "track", track_then_interrupt)
 
 
 def test_resume_hint_resumes_the_run_that_stopped(tmp_path, monkeypatch):

@@ -52,7 +52,7 @@ def full_run(tmp_path_factory) -> Path:
     """One uninterrupted 2-rank run of the tiny schedule (shared by the tests below)."""
     tmp = tmp_path_factory.mktemp("ddp-full")
     _job(tmp)
-    out = _torchrun(tmp)
+    out = _torchrun(tmp, "--cli")
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp
 
@@ -81,6 +81,16 @@ def test_torchrun_only_rank0_writes(full_run):
     rows = [json.loads(line) for line in (full_run / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [row for row in rows if row["kind"] == "eval"]
     assert len(evals) == 2, "only rank 0 logs (one eval at the start, one at the end)"
+
+
+@pytest.mark.slow
+def test_torchrun_only_rank0_prints_progress_and_summary(full_run):
+    printed = {rank: (full_run / "log" / f"rank{rank}.out").read_text() for rank in (0, 1)}
+    assert printed[1] == "", "rank 1 printed"
+    lines = printed[0].splitlines()
+    assert lines[0].startswith("distill tiny: teacher") and "rank 0 of 2 (gloo)" in lines[0]
+    assert [ln for ln in lines if ln.startswith("distill: ")][-1].startswith("distill: 100% 16/16 [")
+    assert "distill tiny: 16 steps (8 student)" in printed[0] and "student vs teacher" in printed[0]
 
 
 @pytest.mark.slow

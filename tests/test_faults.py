@@ -14,7 +14,7 @@ import torch
 
 from crdtool import distill
 from crdtool.errors import CrdError
-from crdtool.train.loop import Distiller
+from crdtool.train.student_step import StudentStep
 from crdtool.train.state import latest_checkpoint, load_checkpoint
 from tests.helpers import tiny_recipe
 
@@ -111,7 +111,7 @@ def test_cli_sigint_prints_how_to_resume(tmp_path):
 
 def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     r = tiny_recipe(tmp_path, data={"synth": SMALL}, train={"max_steps": 12, "checkpoint_every": 5})
-    real, calls = Distiller._student_terms, [0]
+    real, calls = StudentStep.terms, [0]
 
     def poisoned(self, real_A, teacher_out):
         s, terms = real(self, real_A, teacher_out)
@@ -120,7 +120,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monk
             terms["crd"] = terms["crd"] * float("nan")
         return s, terms
 
-    monkeypatch.setattr(Distiller, "_student_terms", poisoned)
+    monkeypatch.setattr(StudentStep, "terms", poisoned)
     with pytest.raises(CrdError, match=r"non-finite loss at step 15 \(crd=nan.*Last good checkpoint: .*step-00000013"):
         distill.run(r)
     assert latest_checkpoint(tmp_path / "run").name == "step-00000013"

@@ -65,7 +65,7 @@ def test_distiller_reads_no_environment_variables(tmp_path, monkeypatch):
     r = tiny_recipe(tmp_path)
     prepare_data(r)
     d = Distiller(r, runtime=Runtime.create("cpu", "fp32", env={}))
-    assert d.is_main and d.fingerprint()["world_size"] == 1
+    assert d.is_main and d.checkpoints.fingerprint["world_size"] == 1
     assert d.fwd["student"] is d.student  # not DDP-wrapped
 
 
@@ -103,7 +103,7 @@ def test_fp16_scaler_state_round_trips_through_a_checkpoint(tmp_path):
     # fp16 overflows of these tiny nets backed the scales off from 2**16: state worth keeping
     assert saved["opt_G"]["_growth_tracker"] > 0 and any(st["scale"] != 2.0 ** 16 for st in saved.values())
     again = Distiller(r, runtime=Runtime.create("cpu", "fp16", env={}))
-    again.restore(latest_checkpoint(d.run_dir))
+    again.checkpoints.restore(latest_checkpoint(d.run_dir))
     assert again.rt.scaler_state() == saved == d.rt.scaler_state()
 
 

@@ -11,7 +11,8 @@ from crdtool import distill
 from crdtool.models import build_generator
 from crdtool.recipe import load_recipe
 from crdtool.runtime import Runtime
-from crdtool.train.loop import Distiller, Phase, linear_decay
+from crdtool.train.loop import Distiller
+from crdtool.train.schedule import Phase, Progress, Schedule, linear_decay
 from tests.helpers import tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,24 +33,42 @@ def _distiller(tmp_path, **sections) -> Distiller:
     return Distiller(r, runtime=Runtime.create("cpu", "fp32", env={}))
 
 
-def _lrs(d: Distiller) -> dict[str, float]:
-    return {name: getattr(d, name).param_groups[0]["lr"] for name in ("opt_S", "opt_G", "opt_D")
-            if getattr(d, name) is not None}
+def _train(**train):
+    return tiny_recipe(Path("unused"), train=train).train
 
 
-def test_online_student_decays_with_the_teacher_epochs_not_its_own(tmp_path):
-    d = _distiller(tmp_path, train={"teacher_epochs": 4, "teacher_epochs_decay": 4, "round_epochs": 2,
-                                    "student_epochs_per_round": 3, "lr": 1.0})
-    p = d.progress
-    p.teacher_epoch, p.student_epoch = 6, 0  # a student round after teacher epochs 0..5
-    d._set_lrs(Phase("student", 3))
-    assert _lrs(d)["opt_S"] == pytest.approx(linear_decay(5, 4, 4)) == pytest.approx(1 - 2 / 5)
+def test_online_student_decays_with_the_teacher_epochs_not_its_own():
+    s = Schedule.plan("cyclegan", _train(teacher_epochs=4, teacher_epochs_decay=4, round_epochs=2,
+                                         student_epochs_per_round=3, lr=1.0), epoch_len=8)
+    p = Progress(teacher_epoch=6, student_epoch=0)  # a student round after teacher epochs 0..5
+    assert s.learning_rates(Phase("student", 3), p)[1] == pytest.approx(linear_decay(5, 4, 4)) == pytest.approx(0.6)
     p.student_epoch = 20  # the student's own epoch count must not matter
-    d._set_lrs(Phase("student", 3))
-    assert _lrs(d)["opt_S"] == pytest.approx(0.6)
-    p.teacher_epoch = 6
-    d._set_lrs(Phase("teacher", 2))  # teacher epoch index 6 (the 7th): 1 - 3/5
-    assert _lrs(d)["opt_G"] == pytest.approx(0.4) and _lrs(d)["opt_D"] == pytest.approx(0.4)
+    assert s.learning_rates(Phase("student", 3), p)[1] == pytest.approx(0.6)
+    assert s.learning_rates(Phase("teacher", 2), p)[0] == pytest.approx(0.4)  # teacher epoch index 6: 1 - 3/5
+
+
+def test_pretrained_student_decays_over_its_own_epochs_half_constant_half_decay():
+    s = Schedule.plan("pretrained", _train(student_epochs=5, teacher_epochs=100, lr=1.0), epoch_len=8)
+    assert s.phases == (Phase("student", 5),) and s.student_epochs == 5
+    rates = [s.learning_rates(s.phases[0], Progress(student_epoch=e))[1] for e in range(5)]
+    # n = 5: 5 // 2 = 2 constant epochs, then 3 of decay with the reference's epoch + 1 rule: 1 - k / 4
+    assert rates == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_pix2pix_student_takes_the_teachers_rate():
+    s = Schedule.plan("pix2pix", _train(teacher_epochs=1, teacher_epochs_decay=3, lr=2.0), epoch_len=4)
+    assert s.phases == (Phase("joint", 4),)
+    assert s.learning_rates(s.phases[0], Progress(teacher_epoch=2)) == pytest.approx((1.0, 1.0))  # 2 * (1 - 2/4)
+
+
+def test_planned_steps_stop_at_the_student_cap():
+    # rounds: teacher 1 epoch (8 steps), student 1 epoch (8), teacher 1 epoch, student 1 epoch
+    s = Schedule.plan("cyclegan", _train(max_steps=12), epoch_len=8)
+    assert [ph.kind for ph in s.phases] == ["teacher", "student", "teacher", "student"]
+    assert s.total_steps == 32 and s.planned_steps() == 8 + 8 + 8 + 4
+    assert Schedule.plan("cyclegan", _train(max_steps=100), epoch_len=8).planned_steps() == 32
+    assert Schedule.plan("cyclegan", _train(max_steps=8), epoch_len=8).planned_steps() == 16
+    assert s.finished(Progress(student_steps=12)) and not s.finished(Progress(student_steps=11, phase=3))
 
 
 def _pix2pix(tmp_path, **train):

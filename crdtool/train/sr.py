@@ -8,15 +8,15 @@ PSNR-oriented training of a student on HR images.
 
 The teacher is frozen, so its output for a training image never changes: it is computed once per whole
 LR image (``TeacherCache``, in memory and under ``<run>/teacher_cache``; ``train.teacher_cache`` =
-memory / off as for the other tasks) and each step crops the patch its LR patch maps to. Batches are a pure function of (seed, step), and checkpoints use
-``crdtool.train.state``: a resumed run continues with the batches an uninterrupted one would draw.
+memory / off as for the other tasks) and each step crops the patch its LR patch maps to. Batches are a
+pure function of (seed, step), and checkpoints use ``crdtool.train.state``: a resumed run continues with
+the batches an uninterrupted one would draw.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -35,10 +35,10 @@ from crdtool.models import build_generator
 from crdtool.models.checkpoints import save_generator
 from crdtool.models.registry import GeneratorSpec
 from crdtool.recipe import Recipe
+from crdtool.runtime import Runtime
 from crdtool.train import state as ckpt
-from crdtool.train.loop import DistillResult
-
-LOG_EVERY = 20
+from crdtool.train.result import DistillResult
+from crdtool.train.run_log import LOG_EVERY
 
 
 def student_spec(recipe: Recipe) -> GeneratorSpec:
@@ -52,32 +52,37 @@ def student_spec(recipe: Recipe) -> GeneratorSpec:
     return spec
 
 
+def sr_teacher_cache(teacher: nn.Module | None, mode: str, run_dir: Path):
+    """The teacher's whole-image outputs, kept in memory and (unless ``mode`` is "memory") in the run folder;
+    None without a teacher or with train.teacher_cache = "off" (the teacher runs on each batch's LR patches)."""
+    if teacher is None or mode == "off":
+        return None
+    from crdtool.train.teacher_cache import TeacherCache
+
+    return TeacherCache(teacher, folder=None if mode == "memory" else run_dir / "teacher_cache")
+
+
 class SRTrainer:
     """Owns the student, the optional teacher, the optimizer and the step counter of one SR run."""
 
     def __init__(self, recipe: Recipe, run_dir: Path | None = None,
-                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+                 on_progress: Callable[[dict[str, Any]], None] | None = None, runtime: Runtime | None = None):
         if recipe.task != "sr":
             raise ValueError(f"SRTrainer needs a recipe with task = 'sr', got {recipe.task!r}")
         self.r = recipe
         t, d = recipe.train, recipe.data
-        if t.threads is not None:
-            torch.set_num_threads(t.threads)
-        self.device = torch.device("cuda" if t.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        self.rt = runtime or Runtime.for_training(t)  # device, threads and seeds; SR trains in fp32 on one process
+        self.rt.setup()
+        self.device = self.rt.device
         self.run_dir = Path(run_dir or recipe.run_dir)
         self.on_progress = on_progress or (lambda info: None)
         self.step = 0
-        torch.manual_seed(recipe.seed)
+        self.rt.seed_everything(recipe.seed)
         self.patches = SRPatches([d.root / s for s in d.train_sets], d.scale, d.crop_size, recipe.seed, d.max_images)
         self.eval_pairs = load_eval_set(d.root / d.eval_sets[0], d.scale, max_images=d.eval_images)
         self.student = build_generator(student_spec(recipe)).to(self.device)
         self.teacher = self._load_teacher()
-        self.cache = None  # train.teacher_cache = "off": the teacher runs on each batch's LR patches
-        if self.teacher is not None and t.teacher_cache != "off":
-            from crdtool.train.teacher_cache import TeacherCache
-
-            folder = None if t.teacher_cache == "memory" else self.run_dir / "teacher_cache"
-            self.cache = TeacherCache(self.teacher, folder=folder)
+        self.cache = sr_teacher_cache(self.teacher, t.teacher_cache, self.run_dir)
         self._build_losses()
         self.opt = torch.optim.Adam(self.student.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
         per_epoch = max(1, len(self.patches) // d.batch_size)
@@ -245,9 +250,17 @@ class SRTrainer:
     def _log(self, row: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), **row}) + "\n")
-        self.on_progress(row)
 
-    def run(self, resume: bool = False) -> DistillResult:
+    def describe(self) -> dict[str, Any]:
+        """The "start" event, as the GAN loop's ``Distiller.describe``."""
+        ckpt_path = self.r.teacher.checkpoint
+        return {"event": "start", "rank": 0, "step": self.step, "total": self.total_steps, "name": self.r.name,
+                "teacher": f"rrdb x{self.r.data.scale} ({ckpt_path.name})" if self.teacher is not None else "none",
+                "student": self.student.spec.describe(), "device": str(self.device),  # type: ignore[attr-defined]
+                "run_dir": str(self.run_dir), "notes": []}
+
+    def run(self, resume: bool = False, on_start: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
+        """Train to ``total_steps`` (or Ctrl-C); ``on_start`` gets ``describe()`` once a resumed run is restored."""
         ensure_writable_dir(self.run_dir)
         last = ckpt.latest_checkpoint(self.run_dir)
         if last is not None and not resume:
@@ -257,10 +270,12 @@ class SRTrainer:
         if last is not None:
             self.restore(last)
             resumed_from = self.step
-            if self.step >= self.total_steps:
-                return DistillResult(self.run_dir, self.run_dir / "student.safetensors",
-                                     Path(self.r.teacher.checkpoint or ""), self.step, self.step, None,
-                                     self._first_eval, already_finished=True, resumed_from=resumed_from)
+        if on_start is not None:
+            on_start(self.describe())
+        if resumed_from is not None and self.step >= self.total_steps:
+            return DistillResult(self.run_dir, self.run_dir / "student.safetensors",
+                                 Path(self.r.teacher.checkpoint or ""), self.step, self.step, None,
+                                 self._first_eval, already_finished=True, resumed_from=resumed_from)
         (self.run_dir / "recipe.toml").write_text(self.r.to_toml())
         start = time.time()
         t = self.r.train
@@ -275,8 +290,10 @@ class SRTrainer:
                     self._running[k] = self._running.get(k, 0.0) + v
                 if self.step % LOG_EVERY == 0 or self.step == self.total_steps:
                     n = LOG_EVERY if self.step % LOG_EVERY == 0 else self.step % LOG_EVERY
+                    means = {k: v / n for k, v in self._running.items()}
                     self._log({"kind": "train", "step": self.step, "total": self.total_steps,
-                               "lr": self.lr_at(self.step - 1), **{k: v / n for k, v in self._running.items()}})
+                               "lr": self.lr_at(self.step - 1), **means})
+                    self.on_progress({"event": "step", "step": self.step, "losses": means})
                     self._running = {}
                 if self.step % t.eval_every == 0 and self.step < self.total_steps:
                     self._last_eval = self.evaluate()
@@ -295,8 +312,3 @@ class SRTrainer:
                              last_eval=self._last_eval, first_eval=self._first_eval, interrupted=interrupted,
                              seconds=time.time() - start, resumed_from=resumed_from)
 
-
-def run_sr(recipe: Recipe, resume: bool = False,
-           on_progress: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
-    """``crdtool.distill.run`` for ``task = "sr"``."""
-    return SRTrainer(recipe, on_progress=on_progress).run(resume=resume)

@@ -131,6 +131,17 @@ class TeacherCache:
                 found[i] = self.store(paths[i], view, fresh[j])
         return torch.stack([t for t in found])  # type: ignore[misc]
 
+    def batch_crops(self, paths: Sequence[str | Path], crops: torch.Tensor, load_size: int,
+                    crop_size: int) -> torch.Tensor:
+        """The teacher's outputs for a training batch's crops ((N, 3) top, left, flip), cut from its cached
+        outputs for the whole images resized to ``load_size``: (N, 3, crop_size, crop_size) on the CPU."""
+        from crdtool.data.images import load_image
+        from crdtool.data.transforms import eval_transform
+
+        full = self.outputs_for(paths, f"resize{load_size}", lambda i: eval_transform(load_image(paths[i]), load_size))
+        return torch.stack([crop(full[i], int(top), int(left), crop_size, bool(flip))
+                            for i, (top, left, flip) in enumerate(crops.tolist())])
+
     def summary(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "teacher_calls": self.teacher_calls}
 

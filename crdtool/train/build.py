@@ -1,0 +1,147 @@
+"""Everything a distillation run is made of, built from its recipe in the order an uninterrupted run
+builds it (the order fixes which random numbers initialise which network: keep it, or runs change)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from crdtool.errors import CrdError
+from crdtool.models import generator_stride
+from crdtool.recipe import Recipe
+from crdtool.runtime import Runtime
+from crdtool.train.criteria import Criteria, build_criteria
+from crdtool.train.cyclegan_step import CycleGANTeacherStep
+from crdtool.train.networks import Networks, Optimizers, build_networks, build_optimizers, distribute
+from crdtool.train.pix2pix_step import Pix2PixJointStep
+from crdtool.train.pool import ImagePool
+from crdtool.train.schedule import Progress, Schedule
+from crdtool.train.step_tools import NonfiniteGuard, StepContext
+from crdtool.train.student_step import StudentStep
+from crdtool.train.teacher_cache import TeacherCache
+
+
+@dataclass
+class RunParts:
+    """The built run. ``steps`` maps a phase kind ("teacher", "joint", "student") to its step strategy."""
+
+    schedule: Schedule
+    progress: Progress
+    train_set: Any
+    test_set: Any
+    eval_inputs: torch.Tensor
+    nets: Networks
+    opts: Optimizers
+    criteria: Criteria
+    pools: dict[str, ImagePool]
+    teacher_cache: TeacherCache | None
+    d_real: str
+    steps: dict[str, Callable[..., dict[str, float]]]
+    notes: list[str] = field(default_factory=list)  # choices the run made on its own; the CLI prints them
+
+
+def schedule_kind(recipe: Recipe) -> str:
+    if recipe.teacher.checkpoint is not None:
+        return "pretrained"
+    return "pix2pix" if recipe.task == "pix2pix" else "cyclegan"
+
+
+def check_sizes(recipe: Recipe) -> None:
+    d, src = recipe.data, recipe.source or "recipe"
+    for role, g in (("teacher", recipe.teacher), ("student", recipe.student)):
+        s = generator_stride(g.spec())
+        if d.crop_size % s:
+            raise CrdError(f"{src}: data.crop_size {d.crop_size} is not divisible by the {role} generator's "
+                           f"stride {s}")
+    if recipe.loss.kd == "crd" and recipe.loss.patches > 0 and d.crop_size % recipe.loss.patch_size:
+        raise CrdError(f"{src}: data.crop_size {d.crop_size} is not divisible by loss.patch_size "
+                       f"{recipe.loss.patch_size}")
+
+
+def build_datasets(recipe: Recipe, notes: list[str]) -> tuple[Any, Any, torch.Tensor]:
+    """(training set, test set, the test inputs every evaluation translates)."""
+    from crdtool.data import build_dataset, test_phase
+
+    d = recipe.data
+    common = dict(load_size=d.load_size, crop_size=d.crop_size, seed=recipe.seed, direction=d.direction,
+                  test_fraction=d.test_fraction)
+    train_set = build_dataset(d.layout, d.root, "train", train=True, **common)
+    test_set = build_dataset(d.layout, d.root, test_phase(d.layout, d.root), train=False, **common)
+    if d.layout == "folder":
+        notes.append(f"data: training on {train_set.description}; evaluating on {test_set.description}")
+    n_eval = min(d.eval_images, len(test_set))
+    return train_set, test_set, torch.stack([test_set[i]["A"] for i in range(n_eval)])
+
+
+def discriminator_real(recipe: Recipe, pretrained: bool, has_discriminator: bool, notes: list[str]) -> str:
+    """What D learns as real with a pretrained teacher: "data" (target images; the teacher's outputs are
+    fake) or "teacher" (the teacher's outputs; the student's are fake). "auto" picks "teacher" when the
+    dataset has no target images (folder layout) and says so in ``notes``."""
+    mode, src = recipe.discriminator.real, recipe.source or "recipe"
+    has_targets = recipe.data.layout != "folder"
+    if mode == "auto":
+        mode = "data" if has_targets or not pretrained else "teacher"
+        if mode == "teacher" and has_discriminator:
+            notes.append("discriminator: no target-domain images (folder layout), so D learns the teacher's "
+                         "outputs as real and the student's as fake (discriminator.real = \"teacher\")")
+    if mode == "teacher" and not pretrained:
+        raise CrdError(f"{src}: discriminator.real = \"teacher\" needs a pretrained teacher (teacher.checkpoint)")
+    if mode == "data" and not has_targets and has_discriminator:
+        raise CrdError(f"{src}: discriminator.real = \"data\" needs target-domain images, and a folder layout "
+                       f"has none: use \"teacher\" (or \"auto\"), or discriminator.student = \"none\"")
+    return mode
+
+
+def make_teacher_cache(recipe: Recipe, nets: Networks, kind: str, run_dir: Path,
+                       notes: list[str]) -> TeacherCache | None:
+    """A cache of the frozen teacher's whole-image outputs (train.teacher_cache), or None."""
+    mode, d, src = recipe.train.teacher_cache, recipe.data, recipe.source or "recipe"
+    cacheable = kind == "pretrained" and recipe.task != "pix2pix"
+    if mode == "auto":
+        mode = "disk" if cacheable and d.layout == "folder" else "off"
+    if mode == "off":
+        return None
+    if not cacheable:
+        raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs a pretrained CycleGAN teacher "
+                       f"(teacher.checkpoint); an online teacher changes every step")
+    if d.layout != "folder":
+        raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs data.layout = \"folder\" "
+                       f"(its samples say where each crop was cut)")
+    folder = run_dir / "teacher_cache" if mode == "disk" else None
+    where = f"on disk in {folder}" if folder is not None else "in memory"
+    notes.append(f"teacher cache: each training image is translated once, whole at {d.load_size} px, and "
+                 f"kept {where}; the student's crops are cut from that output")
+    return TeacherCache(nets.G_A, folder)
+
+
+def build_run(recipe: Recipe, rt: Runtime, run_dir: Path) -> RunParts:
+    """Datasets, networks, losses, optimizers, pools, schedule and step strategies of one run."""
+    check_sizes(recipe)
+    rt.seed_everything(recipe.seed)
+    kind, notes = schedule_kind(recipe), []
+    train_set, test_set, eval_inputs = build_datasets(recipe, notes)
+    nets = build_networks(recipe, rt, kind)
+    d_real = discriminator_real(recipe, kind == "pretrained", nets.D_A is not None, notes)
+    cache = make_teacher_cache(recipe, nets, kind, run_dir, notes)
+    criteria = build_criteria(recipe, rt)
+    opts = build_optimizers(recipe, rt, nets)
+    t, pool_size = recipe.train, recipe.train.pool_size if recipe.task != "pix2pix" else 0
+    pools = {"A": ImagePool(pool_size, seed=recipe.seed + 11), "B": ImagePool(pool_size, seed=recipe.seed + 12)}
+    schedule = Schedule.plan(kind, t, (len(train_set) // rt.world_size) // recipe.data.batch_size)
+    distribute(nets, rt)
+    progress = Progress()
+    ctx = StepContext(rt, nets, opts, criteria, progress, NonfiniteGuard(t.nonfinite, run_dir, progress), recipe.loss)
+    student = StudentStep(ctx, pretrained=kind == "pretrained", paired=recipe.task == "pix2pix", d_real=d_real,
+                          d_mode=recipe.discriminator.student, cache=cache, load_size=recipe.data.load_size,
+                          crop_size=recipe.data.crop_size)
+    steps: dict[str, Callable[..., dict[str, float]]] = {"student": student}
+    if kind == "cyclegan":
+        steps["teacher"] = CycleGANTeacherStep(ctx, pools["A"], pools["B"])
+    elif kind == "pix2pix":
+        steps["joint"] = Pix2PixJointStep(ctx, student)
+    return RunParts(schedule, progress, train_set, test_set, eval_inputs, nets, opts, criteria, pools, cache,
+                    d_real, steps, notes)
+
