@@ -9,9 +9,12 @@ training resumes from its checkpoint, so a longer budget completes later with th
              the derived network on HR only, score it on Set5 / Set14 / B100 next to the published anchors
   b          Real-ESRGAN x4plus distilled into a student at <= 1/10 of its MACs (L1 + CRD to the teacher's
              cached outputs), scored against the teacher's outputs, with an image grid and both latencies
+  b-sets     the committed (b) student against the teacher on more sets (b-sets.json), each set's teacher
+             cost estimated first and the set left out when it would not fit --b-sets-minutes
 
     python benchmarks/sr.py                         # every stage at the budget below (CPU, threads 1)
     python benchmarks/sr.py --stages b --b-steps 20000 --sets Set5 Set14 B100   # a longer run later
+    python benchmarks/sr.py --stages b-sets report --sets Set5 Set14 B100 --b-sets-minutes 20
 
 The default data folder is ../shared/data/sr beside the repository (this script's choice; crdtool itself
 takes data paths as arguments). Nothing is downloaded.
@@ -258,6 +261,75 @@ def stage_b(args) -> None:
                 "host": host()})
 
 
+def stage_b_sets(args) -> None:
+    """The committed (b) student against the teacher on more sets, one set at a time within a time limit.
+
+    Each set's teacher cost is estimated first from its LR pixels (conv MACs scale with them) and the
+    teacher throughput measured on this host; a set that would not finish within ``--b-sets-minutes`` is
+    recorded as not run, with its estimate. Finished sets are kept in b-sets.json; a rerun scores only the
+    sets that are missing there (or all with --force). Teacher outputs are cached under runs/ (fp16 .npy),
+    shared with stage b: ``teacher_seconds`` is the teacher's time in this invocation, 0 for a set whose
+    outputs were already in the cache.
+    """
+    from crdtool.data.sr import load_eval_set, to_tensor, to_uint8
+    from crdtool.metrics.sr import score_set
+    from crdtool.models.rrdb import load_rrdb
+    from crdtool.train.teacher_cache import TeacherCache
+
+    student = RESULTS / "b-student.safetensors"
+    teacher_gmacs_256 = json.loads((RESULTS / "b.json").read_text())["gmacs_256"]["teacher"]["exact"]
+    path = RESULTS / "b-sets.json"
+    doc = json.loads(path.read_text()) if path.is_file() and not args.force else {}
+    sets, skipped = doc.get("sets", {}), doc.get("not_run", {})
+    teacher = load_rrdb(args.teacher)
+    cache = TeacherCache(teacher, folder=ROOT / "runs" / "sr-evidence" / "b-distill" / "teacher_cache")
+    budget_s, t_start = args.b_sets_minutes * 60, time.time()
+    spent = {"seconds": 0.0, "gmacs": 0.0}  # teacher forward time and work on this host, this run
+
+    def rate() -> float | None:  # GMACs per second of the teacher measured so far (cache misses only)
+        return spent["gmacs"] / spent["seconds"] if spent["seconds"] > 1 else None
+
+    for name in args.sets:
+        if name in sets:
+            print(f"{name}: already scored in {path.relative_to(ROOT)}; skipped")
+            continue
+        pairs = load_eval_set(args.data / name, 4)
+        gmacs = [teacher_gmacs_256 * p.lr.shape[0] * p.lr.shape[1] / 256 ** 2 for p in pairs]
+        reference, set_seconds = [], 0.0
+        for i, (pair, g) in enumerate(zip(pairs, gmacs)):
+            r, left = rate(), budget_s - (time.time() - t_start)
+            if r is not None and sum(gmacs[i:]) / r > left:
+                skipped[name] = {"images": len(pairs), "teacher_tmacs": round(sum(gmacs) / 1e3, 2),
+                                 "estimated_minutes": round(sum(gmacs) / r / 60, 1),
+                                 "minutes_left": round(left / 60, 1), "teacher_gmacs_per_s": round(r, 2),
+                                 "reason": f"the teacher's outputs on {name} would not finish within "
+                                           f"--b-sets-minutes {args.b_sets_minutes:g}"}
+                print(name, "not run:", skipped[name])
+                break
+            misses = cache.misses
+            t0 = time.perf_counter()
+            out = cache.outputs([pair.path], to_tensor(pair.lr)[None], "sr-x4-eval")[0]
+            if cache.misses > misses:
+                dt = time.perf_counter() - t0
+                spent["seconds"] += dt
+                spent["gmacs"] += g
+                set_seconds += dt
+            reference.append(to_uint8(out))
+        else:
+            skipped.pop(name, None)
+            row = _score_sets(student, args.data, [name], {name: reference})[name]
+            t = score_set(reference, [p.hr for p in pairs], [p.name for p in pairs], 4)
+            sets[name] = {"images": len(pairs), "lr_pixels": int(sum(p.lr.shape[0] * p.lr.shape[1] for p in pairs)),
+                          "teacher_tmacs": round(sum(gmacs) / 1e3, 2), "teacher_seconds": round(set_seconds, 1),
+                          "student": row, "teacher_vs_hr": {"psnr": round(t.psnr, 3), "ssim": round(t.ssim, 4)}}
+        write("b-sets", {"what": "the committed (b) student (b-student.safetensors) scored against the Real-ESRGAN "
+                                 "teacher's outputs and against HR (x4 PSNR-Y / SSIM-Y, border 4), 1 thread",
+                         "student": str(student.relative_to(ROOT)), "sets": sets, "not_run": skipped,
+                         "teacher_gmacs_per_s_this_run": None if rate() is None else round(rate(), 2),
+                         "teacher_seconds_this_run": round(spent["seconds"], 1),
+                         "minutes_limit": args.b_sets_minutes, "host": host()})
+
+
 def stage_report(args) -> None:
     """benchmarks/results/sr/sr.md: the tables the README quotes, from the stage JSON files."""
     docs = {n: json.loads((RESULTS / f"{n}.json").read_text()) for n in ("profile", "baselines", "a", "b")
@@ -305,8 +377,30 @@ def stage_report(args) -> None:
         for who in ("teacher", "student"):
             lines.append(f"| {who} | " + " | ".join(f"{r['median_ms']:.0f}" for r in b["latency_ms_threads1"][who]) + " |")
         lines.append("")
+    lines += _report_b_sets(docs.get("baselines", {}).get("sets", {}))
     (RESULTS / "sr.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _report_b_sets(bicubic: dict[str, Any]) -> list[str]:
+    if not (RESULTS / "b-sets.json").is_file():
+        return []
+    d = json.loads((RESULTS / "b-sets.json").read_text())
+    lines = ["### (b) on every set (b-sets.json: the committed student, x4 PSNR-Y / SSIM-Y)", "",
+             "| set | images | student vs teacher | student vs HR | teacher vs HR | bicubic vs HR | teacher TMACs |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in d["sets"].items():
+        st, t, bic = row["student"], row["teacher_vs_hr"], bicubic.get(name)
+        cells = [f"{st['psnr_vs_teacher']:.2f} / {st['ssim_vs_teacher']:.4f}", f"{st['psnr']:.2f} / {st['ssim']:.4f}",
+                 f"{t['psnr']:.2f} / {t['ssim']:.4f}", f"{bic['psnr']:.2f} / {bic['ssim']:.4f}" if bic else ""]
+        lines.append(f"| {name} | {row['images']} | " + " | ".join(cells) + f" | {row['teacher_tmacs']:.2f} |")
+    for name, why in d.get("not_run", {}).items():
+        lines.append(f"| {name} | {why['images']} | not run: about {why['estimated_minutes']:.0f} min of teacher "
+                     f"time, {why['minutes_left']:.0f} min left | | | | {why['teacher_tmacs']:.2f} |")
+    rate = d.get("teacher_gmacs_per_s_this_run")
+    lines += ["", f"Teacher throughput in that run: {rate} GMACs/s (1 thread); teacher time "
+                  f"{d['teacher_seconds_this_run'] / 60:.1f} min for the sets it had not cached.", ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--a-steps", type=int, default=1000)
     ap.add_argument("--b-steps", type=int, default=1500)
     ap.add_argument("--b-images", type=int, default=None, help="train on the first N T91 images (teacher cost)")
+    ap.add_argument("--b-sets-minutes", type=float, default=20.0,
+                    help="b-sets: time limit; a set whose teacher outputs would not fit is recorded as not run")
     ap.add_argument("--force", action="store_true", help="redo stages whose JSON exists")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -326,12 +422,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     for stage in args.stages:
-        if stage != "report" and done(stage) and not args.force:
+        if stage not in ("report", "b-sets") and done(stage) and not args.force:
             print(f"{stage}: done ({(RESULTS / (stage + '.json')).relative_to(ROOT)}); skipped")
             continue
         print(f"== {stage}")
         {"profile": stage_profile, "baselines": stage_baselines, "a": stage_a, "b": stage_b,
-         "report": stage_report}[stage](args)
+         "b-sets": stage_b_sets, "report": stage_report}[stage](args)
     return 0
 
 
