@@ -323,54 +323,21 @@ def _build_data(cfg: SearchConfig) -> tuple[_Inputs, _Inputs]:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-class Searcher:
-    """State of one search run; ``run()`` executes (or resumes) it. Never prints: see ``on_progress``."""
+class _RunFolder:
+    """The run folder of a search: checkpoints (``crdtool.train.state``), the log, the recipe copy.
 
-    def __init__(self, cfg: SearchConfig, budget: float | str | None = None, window: float | None = None,
-                 run_dir: Path | None = None, runtime: Runtime | None = None,
-                 on_progress: Callable[[dict[str, Any]], None] | None = None):
-        self.cfg = cfg
-        s = cfg.search
-        budget = budget if budget is not None else s.budget
-        if budget is None:
-            raise CrdError("no MAC budget: pass --budget (e.g. 1.4G) or set search.budget in the recipe")
-        self.budget_max = parse_macs(budget)
-        self.window = s.window if window is None else float(window)
-        if not 0 < self.window < 1:
-            raise CrdError(f"--window must be in (0, 1), got {self.window}")
-        self.budget_min = self.budget_max * (1 - self.window)
-        self.size = cfg.data.crop_size
-        self.run_dir = Path(run_dir or cfg.run_dir)
-        self.rt = runtime or Runtime.create(s.device, s.precision, channels_last=False)
-        self.on_progress = on_progress or (lambda info: None)
-        self.warnings: list[str] = []
-        self.space = s.space()
-        lo, hi = space_extremes(self.space, self.size)
-        if self.budget_max < lo or self.budget_min > hi:
-            raise CrdError(f"budget window [{format_macs(self.budget_min)}, {format_macs(self.budget_max)}] at "
-                           f"{self.size}px is outside what this search space can build ({format_macs(lo)} to "
-                           f"{format_macs(hi)}); change --budget or search.ngf")
-        self.log_path = self.run_dir / "search_log.jsonl"
+    Works on the state ``Searcher`` sets up (supernet, optimizers, controller, batch streams, step).
+    """
 
-    # -- setup
-    def _setup(self) -> None:
-        cfg, s = self.cfg, self.cfg.search
-        torch.manual_seed(cfg.seed)
-        self.supernet = self.rt.module(Supernet(self.space))
-        self.teacher, self.teacher_source = _load_teacher(cfg, self.warnings)
-        self.teacher = self.rt.module(self.teacher).eval().requires_grad_(False)
-        self.loss_fn = self.rt.module(SearchLoss(cfg.loss))
-        w_half, a_half = _build_data(cfg)
-        workers = cfg.data.num_workers
-        self.w_stream = _BatchStream(w_half, cfg.data.batch_size, cfg.seed, workers)
-        self.a_stream = _BatchStream(a_half, cfg.data.batch_size, cfg.seed + 1, workers)
-        self.opt_w = torch.optim.Adam(self.supernet.weight_parameters(), lr=s.lr, betas=(s.beta1, s.beta2))
-        self.opt_a = torch.optim.Adam(self.supernet.arch_parameters(), lr=s.arch_lr, betas=(s.arch_beta1, s.arch_beta2))
-        self.controller = BudgetController(self.budget_min, self.budget_max, s.lambda_macs)
-        self.tables = self.supernet.mac_tables(self.size)
-        self.step = 0
-        self.last_inside: dict[str, Any] | None = None
-        self.total_steps = s.pretrain_steps + s.steps
+    cfg: SearchConfig
+    space: SearchSpace
+    supernet: Supernet
+    controller: BudgetController
+    run_dir: Path
+    log_path: Path
+    size: int
+    step: int
+    last_inside: dict[str, Any] | None
 
     def fingerprint(self) -> str:
         """What a resumed run must share with the checkpoint: the space, the data split, the seed."""
@@ -378,66 +345,6 @@ class Searcher:
              "batch": self.cfg.data.batch_size, "root": str(self.cfg.data.root)}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
-    # -- one step
-    def _distill(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad(), self.rt.autocast():
-            t = self.teacher(x)
-        with self.rt.autocast():
-            s = self.supernet(x, tau=self.cfg.search.tau)
-        return self.loss_fn(s, t)
-
-    def _weight_step(self, pretrain: bool) -> dict[str, float]:
-        """One weight update on the sum of the sandwich draws' losses (AGD): each draw is backpropagated
-        on its own, so only one supernet graph is alive at a time; the gradients add up the same."""
-        x = self.rt.tensor(self.w_stream.next())
-        self.opt_w.zero_grad(set_to_none=True)
-        with torch.no_grad(), self.rt.autocast():
-            t = self.teacher(x)
-        totals: dict[str, float] = {}
-        for widths in self.supernet.sandwich_widths(pretrain, self.cfg.search.tau):
-            with self.rt.autocast():
-                terms = self.loss_fn(self.supernet(x, onehots=widths), t)
-            loss = sum(terms.values())
-            self._check_finite(loss, "weight")
-            loss.backward()
-            for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach())
-        self.opt_w.step()
-        return {f"w_{k}": v for k, v in totals.items()}
-
-    def _arch_step(self) -> dict[str, float]:
-        x = self.rt.tensor(self.a_stream.next())
-        weights = self.supernet.weight_parameters()
-        for p in weights:
-            p.requires_grad_(False)  # first-order: no weight gradients in the architecture step
-        try:
-            self.opt_a.zero_grad(set_to_none=True)
-            terms = self._distill(x)
-            emacs = self.supernet.expected_macs(self.tables)
-            cost = self.controller.lam * emacs / self.budget_max
-            loss = sum(terms.values()) + cost.float()
-            self._check_finite(loss, "architecture")
-            loss.backward()
-            self.opt_a.step()
-        finally:
-            for p in weights:
-                p.requires_grad_(True)
-        return {**{f"a_{k}": float(v.detach()) for k, v in terms.items()}, "mac_cost": float(cost.detach())}
-
-    def _check_finite(self, loss: torch.Tensor, what: str) -> None:
-        if not torch.isfinite(loss):
-            raise CrdError(f"search diverged: non-finite {what} loss at step {self.step + 1}; "
-                           f"lower search.lr / search.arch_lr or resume from the last checkpoint")
-
-    def _control(self) -> dict[str, Any]:
-        arch = self.supernet.argmax_arch()
-        macs = arch_macs(arch, self.size)["total"]
-        if self.controller.inside(macs):
-            self.last_inside = arch
-        lam = self.controller.update(macs)
-        return {"argmax_macs": macs, "lambda": lam, "inside": self.controller.inside(macs)}
-
-    # -- checkpoints
     def _snapshot(self):
         from crdtool.train import state as st
 
@@ -508,6 +415,115 @@ class Searcher:
         with open(self.log_path, "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
 
+
+class Searcher(_RunFolder):
+    """State of one search run; ``run()`` executes (or resumes) it. Never prints: see ``on_progress``."""
+
+    def __init__(self, cfg: SearchConfig, budget: float | str | None = None, window: float | None = None,
+                 run_dir: Path | None = None, runtime: Runtime | None = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+        self.cfg = cfg
+        s = cfg.search
+        budget = budget if budget is not None else s.budget
+        if budget is None:
+            raise CrdError("no MAC budget: pass --budget (e.g. 1.4G) or set search.budget in the recipe")
+        self.budget_max = parse_macs(budget)
+        self.window = s.window if window is None else float(window)
+        if not 0 < self.window < 1:
+            raise CrdError(f"--window must be in (0, 1), got {self.window}")
+        self.budget_min = self.budget_max * (1 - self.window)
+        self.size = cfg.data.crop_size
+        self.run_dir = Path(run_dir or cfg.run_dir)
+        self.rt = runtime or Runtime.create(s.device, s.precision, channels_last=False)
+        self.on_progress = on_progress or (lambda info: None)
+        self.warnings: list[str] = []
+        self.space = s.space()
+        lo, hi = space_extremes(self.space, self.size)
+        if self.budget_max < lo or self.budget_min > hi:
+            raise CrdError(f"budget window [{format_macs(self.budget_min)}, {format_macs(self.budget_max)}] at "
+                           f"{self.size}px is outside what this search space can build ({format_macs(lo)} to "
+                           f"{format_macs(hi)}); change --budget or search.ngf")
+        self.log_path = self.run_dir / "search_log.jsonl"
+
+    # -- setup
+    def _setup(self) -> None:
+        cfg, s = self.cfg, self.cfg.search
+        torch.manual_seed(cfg.seed)
+        self.supernet = self.rt.module(Supernet(self.space))
+        self.teacher, self.teacher_source = _load_teacher(cfg, self.warnings)
+        self.teacher = self.rt.module(self.teacher).eval().requires_grad_(False)
+        self.loss_fn = self.rt.module(SearchLoss(cfg.loss))
+        w_half, a_half = _build_data(cfg)
+        workers = cfg.data.num_workers
+        self.w_stream = _BatchStream(w_half, cfg.data.batch_size, cfg.seed, workers)
+        self.a_stream = _BatchStream(a_half, cfg.data.batch_size, cfg.seed + 1, workers)
+        self.opt_w = torch.optim.Adam(self.supernet.weight_parameters(), lr=s.lr, betas=(s.beta1, s.beta2))
+        self.opt_a = torch.optim.Adam(self.supernet.arch_parameters(), lr=s.arch_lr, betas=(s.arch_beta1, s.arch_beta2))
+        self.controller = BudgetController(self.budget_min, self.budget_max, s.lambda_macs)
+        self.tables = self.supernet.mac_tables(self.size)
+        self.step = 0
+        self.last_inside: dict[str, Any] | None = None
+        self.total_steps = s.pretrain_steps + s.steps
+
+    # -- one step
+    def _distill(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad(), self.rt.autocast():
+            t = self.teacher(x)
+        with self.rt.autocast():
+            s = self.supernet(x, tau=self.cfg.search.tau)
+        return self.loss_fn(s, t)
+
+    def _weight_step(self, pretrain: bool) -> dict[str, float]:
+        """One weight update on the sum of the sandwich draws' losses (AGD): each draw is backpropagated
+        on its own, so only one supernet graph is alive at a time; the gradients add up the same."""
+        x = self.rt.tensor(self.w_stream.next())
+        self.opt_w.zero_grad(set_to_none=True)
+        with torch.no_grad(), self.rt.autocast():
+            t = self.teacher(x)
+        totals: dict[str, float] = {}
+        for widths in self.supernet.sandwich_widths(pretrain, self.cfg.search.tau):
+            with self.rt.autocast():
+                terms = self.loss_fn(self.supernet(x, onehots=widths), t)
+            loss = sum(terms.values())
+            self._check_finite(loss, "weight")
+            loss.backward()
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach())
+        self.opt_w.step()
+        return {f"w_{k}": v for k, v in totals.items()}
+
+    def _arch_step(self) -> dict[str, float]:
+        x = self.rt.tensor(self.a_stream.next())
+        weights = self.supernet.weight_parameters()
+        for p in weights:
+            p.requires_grad_(False)  # first-order: no weight gradients in the architecture step
+        try:
+            self.opt_a.zero_grad(set_to_none=True)
+            terms = self._distill(x)
+            emacs = self.supernet.expected_macs(self.tables)
+            cost = self.controller.lam * emacs / self.budget_max
+            loss = sum(terms.values()) + cost.float()
+            self._check_finite(loss, "architecture")
+            loss.backward()
+            self.opt_a.step()
+        finally:
+            for p in weights:
+                p.requires_grad_(True)
+        return {**{f"a_{k}": float(v.detach()) for k, v in terms.items()}, "mac_cost": float(cost.detach())}
+
+    def _check_finite(self, loss: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(loss):
+            raise CrdError(f"search diverged: non-finite {what} loss at step {self.step + 1}; "
+                           f"lower search.lr / search.arch_lr or resume from the last checkpoint")
+
+    def _control(self) -> dict[str, Any]:
+        arch = self.supernet.argmax_arch()
+        macs = arch_macs(arch, self.size)["total"]
+        if self.controller.inside(macs):
+            self.last_inside = arch
+        lam = self.controller.update(macs)
+        return {"argmax_macs": macs, "lambda": lam, "inside": self.controller.inside(macs)}
+
     # -- run
     def run(self, resume: bool = False) -> SearchResult:
         t0 = time.time()
@@ -527,25 +543,7 @@ class Searcher:
         control: dict[str, Any] = {}
         try:
             while self.step < self.total_steps:
-                phase = "pretrain" if self.step < s.pretrain_steps else "search"
-                terms = self._weight_step(pretrain=phase == "pretrain")
-                if phase == "search":
-                    terms.update(self._arch_step())
-                self.step += 1
-                searched = self.step - s.pretrain_steps
-                if phase == "search" and (searched % s.control_every == 0 or self.step == self.total_steps):
-                    control = self._control()
-                with torch.no_grad():
-                    emacs = float(self.supernet.expected_macs(self.tables))
-                arch = self.supernet.argmax_arch()
-                info = {"event": "step", "step": self.step, "total": self.total_steps, "phase": phase,
-                        "loss": sum(v for k, v in terms.items() if k.startswith("w_")), "terms": terms,
-                        "expected_macs": emacs, "argmax_macs": arch_macs(arch, self.size)["total"],
-                        "lambda": self.controller.lam, "arch": short_arch(arch)}
-                if self.step % s.log_every == 0 or self.step == self.total_steps or control:
-                    self._log({k: v for k, v in info.items() if k != "event"} | control)
-                    control = {}
-                self.on_progress(info)
+                control = self._advance(control)
                 if self.step % s.checkpoint_every == 0 and self.step < self.total_steps:
                     self._save()
         except KeyboardInterrupt:
@@ -558,6 +556,31 @@ class Searcher:
                                 self.budget_max, False, "interrupted", self.step, time.time() - t0,
                                 self.controller.lam, emacs, None, self.loss_fn.description, self.warnings, True)
         return self._finish(time.time() - t0, emacs)
+
+    def _advance(self, control: dict[str, Any]) -> dict[str, Any]:
+        """One weight step (and, after pretraining, one architecture step), logged and reported; returns the
+        budget controller's last reading while it has not been logged yet."""
+        s = self.cfg.search
+        phase = "pretrain" if self.step < s.pretrain_steps else "search"
+        terms = self._weight_step(pretrain=phase == "pretrain")
+        if phase == "search":
+            terms.update(self._arch_step())
+        self.step += 1
+        searched = self.step - s.pretrain_steps
+        if phase == "search" and (searched % s.control_every == 0 or self.step == self.total_steps):
+            control = self._control()
+        with torch.no_grad():
+            emacs = float(self.supernet.expected_macs(self.tables))
+        arch = self.supernet.argmax_arch()
+        info = {"event": "step", "step": self.step, "total": self.total_steps, "phase": phase,
+                "loss": sum(v for k, v in terms.items() if k.startswith("w_")), "terms": terms,
+                "expected_macs": emacs, "argmax_macs": arch_macs(arch, self.size)["total"],
+                "lambda": self.controller.lam, "arch": short_arch(arch)}
+        if self.step % s.log_every == 0 or self.step == self.total_steps or control:
+            self._log({k: v for k, v in info.items() if k != "event"} | control)
+            control = {}
+        self.on_progress(info)
+        return control
 
     def _finish(self, seconds: float, emacs: float) -> SearchResult:
         from crdtool.models import build_generator
