@@ -254,3 +254,46 @@ def test_teacher_scorer_computes_fid_with_cached_real_stats(tmp_path, monkeypatc
     a = scorer.score(g, "AtoB")
     assert a > 0 and (tmp_path / "fid_real_B_32px.npz").is_file()
     assert scorer.score(g, "AtoB") == pytest.approx(a)  # deterministic, real stats reused
+
+
+def _folder_teacher_recipe(tmp_path, norm: str, cache: str):
+    """A pretrained teacher with ``norm`` layers on a plain folder of photos, in batches of 2."""
+    import numpy as np
+    from PIL import Image
+
+    from crdtool.models.checkpoints import save_generator
+
+    photos = tmp_path / "photos"
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    torch.manual_seed(3)
+    save_generator(build_generator("resnet", 4, n_blocks=1, norm=norm), tmp_path / "teacher.safetensors")
+    return tiny_recipe(tmp_path, data_root=photos,
+                       data={"layout": "folder", "synth": None, "load_size": 36, "crop_size": 32, "batch_size": 2,
+                             "eval_images": 1},
+                       teacher={"arch": "resnet", "ngf": 4, "n_blocks": 1, "norm": norm,
+                                "checkpoint": str(tmp_path / "teacher.safetensors")},
+                       discriminator={"ndf": 4, "student": "none"},
+                       train={"student_epochs": 1, "eval_every": 1000, "teacher_cache": cache})
+
+
+@pytest.mark.parametrize("cache", ["auto", "memory"])
+def test_teacher_cache_is_bypassed_for_a_batch_statistics_teacher(tmp_path, cache):
+    """A BatchNorm teacher normalising with batch statistics answers per batch, not per image: no cache."""
+    d = Distiller(_folder_teacher_recipe(tmp_path, "batch", cache))
+    assert d.teacher_cache is None
+    assert any("teacher cache: off" in n and "batchnorm_stats" in n for n in d.notes)
+    batch = next(iter(d._batches("student", 0, 0)))
+    x = batch["A"]
+    with torch.no_grad():
+        together = d.G_A(x)  # batch statistics of both crops
+        alone = d.G_A(x[:1])
+    assert not torch.allclose(together[:1], alone, atol=1e-3), "the batch must matter for this teacher"
+    torch.testing.assert_close(d.steps["student"].teacher_outputs(batch, x), together)
+
+
+def test_teacher_cache_still_serves_an_instance_norm_teacher(tmp_path):
+    d = Distiller(_folder_teacher_recipe(tmp_path, "instance", "memory"))
+    assert d.teacher_cache is not None and not any("teacher cache: off" in n for n in d.notes)

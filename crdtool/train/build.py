@@ -97,7 +97,11 @@ def discriminator_real(recipe: Recipe, pretrained: bool, has_discriminator: bool
 
 def make_teacher_cache(recipe: Recipe, nets: Networks, kind: str, run_dir: Path,
                        notes: list[str]) -> TeacherCache | None:
-    """A cache of the frozen teacher's whole-image outputs (train.teacher_cache), or None."""
+    """A cache of the frozen teacher's whole-image outputs (train.teacher_cache), or None.
+
+    Bypassed for a teacher that normalises with batch statistics (teacher.batchnorm_stats = "batch" and
+    BatchNorm layers): its output for an image depends on the batch around it, so one per image is wrong.
+    """
     mode, d, src = recipe.train.teacher_cache, recipe.data, recipe.source or "recipe"
     cacheable = kind == "pretrained" and recipe.task != "pix2pix"
     if mode == "auto":
@@ -110,6 +114,10 @@ def make_teacher_cache(recipe: Recipe, nets: Networks, kind: str, run_dir: Path,
     if d.layout != "folder":
         raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs data.layout = \"folder\" "
                        f"(its samples say where each crop was cut)")
+    if nets.teacher_batchnorm_layers:
+        notes.append("teacher cache: off, the teacher normalises with each batch's statistics "
+                     "(teacher.batchnorm_stats = \"batch\"), so its output for an image depends on the batch")
+        return None
     folder = run_dir / "teacher_cache" if mode == "disk" else None
     where = f"on disk in {folder}" if folder is not None else "in memory"
     notes.append(f"teacher cache: each training image is translated once, whole at {d.load_size} px, and "
