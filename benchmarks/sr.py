@@ -11,6 +11,8 @@ training resumes from its checkpoint, so a longer budget completes later with th
              cached outputs), scored against the teacher's outputs, with an image grid and both latencies
   b-sets     the committed (b) student against the teacher on more sets (b-sets.json), each set's teacher
              cost estimated first and the set left out when it would not fit --b-sets-minutes
+  export     the committed (b) student exported fp32 / fp16 / int8 ONNX: PSNR-Y against PyTorch on real LR
+             images, against HR, and onnxruntime latency (b-export.json)
 
     python benchmarks/sr.py                         # every stage at the budget below (CPU, threads 1)
     python benchmarks/sr.py --stages b --b-steps 20000 --sets Set5 Set14 B100   # a longer run later
@@ -378,8 +380,46 @@ def stage_report(args) -> None:
             lines.append(f"| {who} | " + " | ".join(f"{r['median_ms']:.0f}" for r in b["latency_ms_threads1"][who]) + " |")
         lines.append("")
     lines += _report_b_sets(docs.get("baselines", {}).get("sets", {}))
+    lines += _report_b_export()
     (RESULTS / "sr.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def stage_export(args) -> None:
+    """The committed (b) student exported fp32 / fp16 / int8 (crdtool.deploy.sr.export_sr): each graph against
+    PyTorch by PSNR-Y on Set14's real LR images (int8 calibrated on T91 LR images), against HR on Set5, and its
+    onnxruntime latency with one thread on a 320x180 frame."""
+    from crdtool.bench.sr import sr_latency, sr_quality
+    from crdtool.deploy.sr import export_sr
+
+    work = ROOT / "runs" / "sr-evidence" / "b-export"
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.time()
+    res = export_sr(RESULTS / "b-student.safetensors", work, fp16=True, int8=True, images=args.data / "Set14",
+                    verify_images=14, calib=args.data / "train" / "T91", calib_images=32)
+    seconds = time.time() - t0
+    manifest = json.loads(res.manifest.read_text())
+    rows = {}
+    for entry in manifest["artifacts"]:
+        path = work / entry["file"]
+        q = sr_quality(path, args.data / "Set5", 4, threads=1)
+        lat = sr_latency(path, sizes=((180, 320),), runs=3, warmup=1, threads=1)[0]
+        rows[entry["kind"]] = {"file": entry["file"], "bytes": entry["bytes"], "vs_pytorch_set14": entry["parity"],
+                               "status": entry["status"], "set5_vs_hr": {"psnr": round(q["psnr"], 3),
+                                                                         "ssim": round(q["ssim"], 4)},
+                               "latency_ms_320x180": {"median": round(lat["median_ms"], 1),
+                                                      "min": round(lat["min_ms"], 1), "runs": lat["runs"]}}
+        print(entry["kind"], rows[entry["kind"]])
+    def rel(block: dict[str, Any]) -> dict[str, Any]:  # data paths relative to --data, as <data>/...
+        return {**block, "images": block["images"].replace(str(args.data.resolve()), "<data>")
+                .replace(str(args.data), "<data>")}
+
+    write("b-export", {"what": "b-student.safetensors exported by crdtool.deploy.sr.export_sr (onnxruntime graphs, "
+                               "dynamic LR size); parity = PSNR-Y of the uint8 outputs against PyTorch fp32's, "
+                               "pooled over the images (border 4)", "data": "<data> = --data (default "
+                               "../shared/data/sr beside the repository)",
+                       "verification": rel(manifest["verification"]), "calibration": rel(manifest["calibration"]),
+                       "export_seconds": round(seconds, 1), "artifacts": rows, "host": host()})
 
 
 def _report_b_sets(bicubic: dict[str, Any]) -> list[str]:
@@ -401,6 +441,23 @@ def _report_b_sets(bicubic: dict[str, Any]) -> list[str]:
     lines += ["", f"Teacher throughput in that run: {rate} GMACs/s (1 thread); teacher time "
                   f"{d['teacher_seconds_this_run'] / 60:.1f} min for the sets it had not cached.", ""]
     return lines
+
+
+def _report_b_export() -> list[str]:
+    if not (RESULTS / "b-export.json").is_file():
+        return []
+    d = json.loads((RESULTS / "b-export.json").read_text())
+    lines = ["### (b) exported (b-export.json: onnxruntime, dynamic LR size)", "",
+             f"Verified on {d['verification']['n_images']} LR images of {Path(d['verification']['images']).name}; "
+             f"int8 calibrated on {d['calibration']['n_images']} LR images of "
+             f"{Path(d['calibration']['images']).name}.", "",
+             "| graph | bytes | PSNR-Y vs PyTorch (worst image) | Set5 vs HR | 320x180 ms (1 thread) |",
+             "|---|---:|---:|---:|---:|"]
+    for kind, row in d["artifacts"].items():
+        par, hr = row["vs_pytorch_set14"], row["set5_vs_hr"]
+        lines.append(f"| {kind} | {row['bytes']:,} | {par['psnr_y_db']:.1f} ({par['psnr_y_min_db']:.1f}) | "
+                     f"{hr['psnr']:.2f} / {hr['ssim']:.4f} | {row['latency_ms_320x180']['median']:.0f} |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {stage}")
         {"profile": stage_profile, "baselines": stage_baselines, "a": stage_a, "b": stage_b,
-         "b-sets": stage_b_sets, "report": stage_report}[stage](args)
+         "b-sets": stage_b_sets, "export": stage_export, "report": stage_report}[stage](args)
     return 0
 
 

@@ -661,3 +661,22 @@ def test_sr_export_of_the_trained_student_on_set5_lr_images(tmp_path):
     assert m["verification"]["images"] == str(SR_SET5) and m["verification"]["n_images"] == 5
     parity = {a["kind"]: a["parity"] for a in m["artifacts"]}
     assert parity["onnx-fp16"]["psnr_y_db"] >= 45 and parity["onnx-int8-qdq"]["psnr_y_db"] >= 30
+
+
+def test_sr_export_of_a_run_folder_verifies_on_its_eval_set_and_calibrates_on_its_train_sets(sr_student, tmp_path):
+    from crdtool.deploy.sr import export_sr
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "student.safetensors").write_bytes(sr_student.read_bytes())
+    for split, n in (("train", 3), ("val", 2)):
+        _write_images(tmp_path / "data" / split / "HR", smooth_noise_images(n, 32, seed=20 + n))
+    (run / "recipe.toml").write_text(f'name = "t"\ntask = "sr"\n[data]\nroot = "{(tmp_path / "data").as_posix()}"\n'
+                                     'train_sets = ["train"]\neval_sets = ["val"]\ncrop_size = 16\n'
+                                     '[student]\narch = "sr_resnet"\nngf = 4\nn_blocks = 1\n')
+    res = export_sr(run, int8=True, calib_images=8)
+    assert res.out_dir == run / "export" and res.artifacts["onnx-int8-qdq"].name == "student.int8.onnx"
+    m = json.loads(res.manifest.read_text())
+    assert m["verification"]["images"] == str(tmp_path / "data" / "val")
+    assert m["verification"]["lr_sizes"] == [[8, 8], [8, 8]]  # 32 px HR, LR by MATLAB bicubic x1/4
+    assert m["calibration"]["n_images"] == 3 and str(tmp_path / "data" / "train") in m["calibration"]["images"]

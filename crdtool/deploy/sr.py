@@ -92,14 +92,19 @@ def lr_images(folder: str | Path, scale: int, n: int) -> list[np.ndarray]:
     return [read_uint8(f) for f in list_images(folder)[:n]]
 
 
+def _given(images: str | Path | Sequence[np.ndarray], scale: int, n: int) -> tuple[list[np.ndarray], str]:
+    if isinstance(images, (str, Path)):
+        return lr_images(images, scale, n), str(images)
+    return [np.asarray(im, np.uint8) for im in images][:n], "images passed by the caller"
+
+
 def sr_inputs(images: str | Path | Sequence[np.ndarray] | None, recipe: Any, scale: int, n_verify: int,
-              n_calib: int, notes: list[str]) -> SRInputs:
-    """Verification LR images, and calibration LR images when ``n_calib`` > 0 (see the module docstring)."""
+              n_calib: int, notes: list[str], calib: str | Path | Sequence[np.ndarray] | None = None) -> SRInputs:
+    """Verification LR images, and calibration LR images when ``n_calib`` > 0 (``calib`` when given; see the
+    module docstring for the defaults)."""
     verify, v_src = None, None
-    if images is not None and not isinstance(images, (str, Path)):
-        verify, v_src = [np.asarray(im, np.uint8) for im in images][:n_verify], "images passed by the caller"
-    elif images is not None:
-        verify, v_src = lr_images(images, scale, n_verify), str(images)
+    if images is not None:
+        verify, v_src = _given(images, scale, n_verify)
     elif recipe is not None and recipe.data.eval_sets:
         folder = Path(recipe.data.root) / recipe.data.eval_sets[0]
         try:
@@ -114,7 +119,9 @@ def sr_inputs(images: str | Path | Sequence[np.ndarray] | None, recipe: Any, sca
         verify, v_src = list(smooth.permute(0, 2, 3, 1).numpy()), "synthetic (no --images and no recipe dataset)"
         notes.append("verification used SYNTHETIC inputs: pass --images FOLDER (LR images or an SR set) for a real check")
     out = SRInputs(verify, v_src, synthetic)
-    if n_calib > 0:
+    if n_calib > 0 and calib is not None:
+        out.calib, out.calib_source = _given(calib, scale, n_calib)
+    elif n_calib > 0:
         out.calib, out.calib_source = _calibration_images(recipe, scale, n_calib, out, notes)
     return out
 
@@ -189,7 +196,8 @@ class _SRExport:
         from crdtool.deploy.export import fp16_notes, int8_notes
 
         if calib is not None:
-            q = quantize.quantize_int8_qdq(fp32, self.staging / f"{self.stem}.int8.onnx", [_tensor(im) for im in calib])
+            q = quantize.quantize_int8_qdq(fp32, self.staging / f"{self.stem}.int8.onnx",
+                                           [_tensor(im) for im in calib])
             self.graphs["int8"] = q
             self.log.record("onnx-int8-qdq", q, self.parity(self.run_onnx(q)), True, extra=int8_notes(len(calib)))
         if fp16:
@@ -212,10 +220,12 @@ class _SRExport:
 
 def export_sr(source: str | Path, out_dir: str | Path | None = None, *, onnx: bool = True, fp16: bool = False,
               int8: bool = False, trt: str | None = None, images: str | Path | Sequence[np.ndarray] | None = None,
-              calib_images: int = 64, verify_images: int = VERIFY_IMAGES, lr_size: int | None = None,
-              workspace_gb: float = 2.0, timing_cache: str | Path | None = None, stem: str | None = None):
+              calib: str | Path | Sequence[np.ndarray] | None = None, calib_images: int = 64,
+              verify_images: int = VERIFY_IMAGES, lr_size: int | None = None, workspace_gb: float = 2.0,
+              timing_cache: str | Path | None = None, stem: str | None = None):
     """Export an SR generator (see the module docstring); returns a ``deploy.export.ExportResult``.
 
+    ``images`` / ``calib``: verification / calibration LR images (a folder, or uint8 HxWx3 arrays);
     ``int8``: the onnxruntime int8 QDQ graph; ``trt``: None or "fp32" / "fp16" / "int8" (an int8 or fp16 engine
     is built from that graph, made here when not asked for); ``lr_size``: the typical LR side of the TensorRT
     profile (default 320x180). Raises ``CrdError``, writing nothing, when the source is unusable, the output
@@ -230,7 +240,8 @@ def export_sr(source: str | Path, out_dir: str | Path | None = None, *, onnx: bo
     notes: list[str] = []
     recipe = load_run_recipe(source if source.is_dir() else None, notes)
     want_int8 = int8 or trt == "int8"
-    inputs = sr_inputs(images, recipe, model.spec.scale, verify_images, calib_images if want_int8 else 0, notes)
+    inputs = sr_inputs(images, recipe, model.spec.scale, verify_images, calib_images if want_int8 else 0, notes,
+                       calib)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent) / "export"
     stem = stem or ("student" if source.is_dir() else source.stem.split(".")[0])
     lr_hw = (lr_size, lr_size) if lr_size else FRAME_LR
