@@ -117,7 +117,8 @@ def sr_inputs(images: str | Path | Sequence[np.ndarray] | None, recipe: Any, sca
 
         smooth = ((smooth_noise_images(n_verify, 64) + 1) * 127.5).round().clamp(0, 255).byte()
         verify, v_src = list(smooth.permute(0, 2, 3, 1).numpy()), "synthetic (no --images and no recipe dataset)"
-        notes.append("verification used SYNTHETIC inputs: pass --images FOLDER (LR images or an SR set) for a real check")
+        notes.append("verification used SYNTHETIC inputs: pass --images FOLDER (LR images or an SR set) for a "
+                     "real check")
     out = SRInputs(verify, v_src, synthetic)
     if n_calib > 0 and calib is not None:
         out.calib, out.calib_source = _given(calib, scale, n_calib)
@@ -272,7 +273,8 @@ def sr_manifest(source: Path, src_path: Path, spec: Any, job: _SRExport, inputs:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": {"path": str(source), "kind": "sr", "sha256": sha256_file(src_path), "generator": spec.to_dict()},
         "input": {"name": "input", "shape": ["batch", 3, "height", "width"], "dtype": "float32", "layout": "NCHW",
-                  "color": "RGB", "dynamic": True, "stride": 1, "range": [0.0, 1.0], "normalize": "value = pixel / 255"},
+                  "color": "RGB", "dynamic": True, "stride": 1, "range": [0.0, 1.0],
+                  "normalize": "value = pixel / 255"},
         "output": {"name": "output", "dtype": "float32", "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0],
                    "scale": spec.scale, "denormalize": "pixel = clip(round(value * 255), 0, 255)"},
         "artifacts": [vars(a) for a in job.log.entries],

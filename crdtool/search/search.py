@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, TypeVar
 
 import torch
 import torch.nn as nn
@@ -52,6 +52,7 @@ from crdtool.search.supernet import BudgetController, Supernet, repair_to_window
 SEARCH_RECIPE_VERSION = 1
 SEARCH_STATE_VERSION = 1
 SUMMARY_FORMAT = "crdtool.search"
+_Section = TypeVar("_Section", bound=RecipeSection)
 
 
 # ---------------------------------------------------------------------------------------------- recipe
@@ -149,11 +150,17 @@ class SearchConfig(RecipeSection):
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
 
 
-def parse_search_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | None = None) -> SearchConfig:
+def validated(model: type[_Section], data: dict[str, Any], source: str,
+              overrides: dict[str, Any] | None = None) -> _Section:
+    """``model`` validated from ``data``, or a one-line ``CrdError`` naming the file and key (every search recipe)."""
     try:
-        cfg = SearchConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise CrdError(format_validation_error(e, source)) from None
+        raise CrdError(format_validation_error(e, source, overrides)) from None
+
+
+def parse_search_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | None = None) -> SearchConfig:
+    cfg = validated(SearchConfig, data, source)
     base = base or Path.cwd()
 
     def fix(p: Optional[Path]) -> Optional[Path]:

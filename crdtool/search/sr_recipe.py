@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from crdtool.errors import CrdError
 from crdtool.fileio import ensure_writable_dir, write_bytes_atomic
 from crdtool.models.sr_student import SR_OPS
-from crdtool.recipe import RecipeSection, dump_toml, format_validation_error, read_toml
+from crdtool.recipe import RecipeSection, dump_toml, read_toml
+from crdtool.search.search import validated
 from crdtool.search.space import parse_macs
 from crdtool.search.sr_space import SRSearchConfig, run_sr_search
 
@@ -109,10 +110,7 @@ class SRSearchRecipe(RecipeSection):
 
 def parse_sr_search_recipe(data: dict[str, Any], source: str = "<recipe>", base: Path | None = None,
                            overrides: dict[str, Any] | None = None) -> SRSearchRecipe:
-    try:
-        cfg = SRSearchRecipe.model_validate(data)
-    except ValidationError as e:
-        raise CrdError(format_validation_error(e, source, overrides)) from None
+    cfg = validated(SRSearchRecipe, data, source, overrides)
     root = cfg.data.root
     cfg.data.root = root if root.is_absolute() else ((base or Path.cwd()) / root).resolve()
     cfg.source = Path(source) if source != "<recipe>" else None

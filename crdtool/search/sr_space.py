@@ -23,7 +23,6 @@ The result is an ``sr_arch.json`` (``models.sr_student``) that ``distill`` (``st
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
