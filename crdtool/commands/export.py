@@ -29,8 +29,10 @@ def export(
     ncnn: bool = typer.Option(False, "--ncnn", help="ncnn model (.ncnn.param + .ncnn.bin) converted by pnnx."),
     int8: bool = typer.Option(False, "--int8", help="With --trt: build the engine from the INT8 QDQ graph."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Symbolic batch/height/width (default: fixed 1x3xSxS)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Input side; default: the run's crop_size, else 256."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder of real inputs for verification."),
+    size: Optional[int] = typer.Option(None, "--size", help="Input side; default: the run's crop_size, else 256 "
+                                       "(SR: the LR side a TensorRT profile is tuned for; default 320x180)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of real inputs for verification (SR: LR "
+                                          "images, or an SR set folder with HR/)."),
     calib_images: int = typer.Option(64, "--calib-images", help="Training images used for INT8 calibration."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (default RUN/export/)."),
     workspace_gb: float = typer.Option(2.0, "--workspace-gb", help="TensorRT builder workspace limit (GiB)."),
