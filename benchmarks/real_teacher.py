@@ -2,9 +2,11 @@
 
 Teacher: the ``vintagify`` CycleGAN (modern photo -> vintage photo; resnet_9blocks ngf64 with affine
 InstanceNorm, 56.80 GMACs at 256 px). Student: mobile_resnet ngf16 (1.408 GMACs) with a global
-input skip (``residual = true``: out = clamp(x + head(features), -1, 1), no extra MACs), the common
-architecture of every arm, so that a student of this subtle photo->photo translation starts near
-the identity instead of at a blank image.
+input skip (``residual = true``: out = clamp(x + head(features), -1, 1)), so that a student of this
+subtle photo->photo translation starts near the identity, and a per-image colour matrix on that skip
+(``colour_skip = true``, ~0.8M MACs more): the teacher grades every photo differently, which the
+InstanceNorm features cannot express (see crdtool/models/colour_skip.py). The common architecture of
+every arm; ``--no-colour-skip`` trains the plain input skip.
 
 The teacher is paid for once: every image it will ever see (a training subset of trainA and the
 held-out testA) is translated whole at 256 px and kept in a ``TeacherCache``; the students then
@@ -79,10 +81,11 @@ class Settings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     train_images: int = 100  # first N of trainA; also the teacher's reference split (disjoint from testA)
     size: int = 256
-    crop: int = 64
+    crop: int = 128  # crops large enough that their colour statistics resemble the whole photo's
     batch: int = 4
-    steps: int = 200
-    lr: float = 5e-4
+    steps: int = 600
+    lr: float = 2e-3
+    colour_skip: bool = True  # the student's skip goes through a per-image colour matrix (models/colour_skip.py)
     betas: tuple[float, float] = (0.5, 0.999)
     decay_from: float = 0.5  # lr decays linearly to 0 over the last half of the steps
     fid_images: int = 50  # first N testA photos for FID/KID: Inception costs ~3 s per image on the shared CPU
@@ -92,7 +95,7 @@ class Settings:
     crd_patch: int = 32
     threads: int = 1  # on a shared 2-core host one thread per process beat two (less oversubscription)
     results_dir: Path = RESULTS
-    work_dir: Path = ROOT / "runs" / "real_teacher"  # references, exports (not committed)
+    work_dir: Path = ROOT / "runs" / "real_teacher" / "colour_skip"  # references, exports (not committed)
     cache_dir: Path = ROOT / "runs" / "real_teacher" / "teacher_cache"
     latency: bool = True
     log_every: int = 50
@@ -173,10 +176,17 @@ def build_splits(s: Settings, cache) -> dict[str, Split]:
 # ----------------------------------------------------------------------------- students and losses
 
 
-def student_spec(arm: str):
+def student_spec(arm: str, s: Settings):
     from crdtool.models import GeneratorSpec
 
-    return GeneratorSpec("mobile_resnet", ngf=16, residual=arm != "pixel_plain").resolved()
+    residual = arm != "pixel_plain"
+    return GeneratorSpec("mobile_resnet", ngf=16, residual=residual, colour_skip=residual and s.colour_skip).resolved()
+
+
+def student_gmacs(s: Settings) -> float:
+    from crdtool.profile import profile_spec
+
+    return round(profile_spec(student_spec("pixel", s), s.size).macs["literature"] / 1e9, 4)
 
 
 def arm_terms(arm: str) -> set[str]:
@@ -275,7 +285,7 @@ def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual) -> tup
 
     torch.manual_seed(seed)
     rng = random.Random(f"real-teacher:{arm}:{seed}")
-    student = build_generator(student_spec(arm)).train()
+    student = build_generator(student_spec(arm, s)).train()
     losses = Losses(s, arm, perceptual)
     opt = torch.optim.Adam(student.parameters(), lr=s.lr, betas=s.betas)
     t0, running = time.perf_counter(), {}
@@ -431,7 +441,7 @@ def cache_speedup(s: Settings, teacher, splits: dict[str, Split], perceptual) ->
     if cached.is_file():
         return json.loads(cached.read_text())
     rng = random.Random("speedup")
-    student = build_generator(student_spec("crd_vgg")).train()
+    student = build_generator(student_spec("crd_vgg", s)).train()
     losses = Losses(s, "crd_vgg", perceptual)
     opt = torch.optim.Adam(student.parameters(), lr=s.lr, betas=s.betas)
 
@@ -563,8 +573,9 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
                            fid_met_by_best_fid_arm=arms[best_fid]["fid_to_teacher"] <= half_gap)
     settings = {k: (rel(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
     return {"format": RESULT_FORMAT, "version": 1, "settings": settings, "teacher": teacher_info,
-            "student": {"arch": "mobile_resnet ngf16", "residual": True, "gmacs_256": 1.408,
-                        "note": "the input skip adds no MACs; the plain tanh student is 1.408G too"},
+            "student": {"arch": student_spec("pixel", s).describe(), "gmacs_256": student_gmacs(s),
+                        "note": ("the input skip adds no MACs; the colour skip ~0.8M (the per-pixel 3x3 matrix, "
+                                 "pooling, a small MLP); the plain tanh student is 1.408G")},
             "references": refs, "arms": arms, "targets": targets, "cache_speedup": speed, "latency_ort_cpu": lat,
             "host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
             "command": command_line(),
@@ -585,7 +596,9 @@ def _f(v: Any, d: int = 2) -> str:
 
 
 def write_markdown(res: dict, path: Path) -> None:
-    lines = ["# Real teacher (vintagify CycleGAN, 56.80G) -> mobile_resnet ngf16 student (1.408G), testA", "",
+    stu = res["student"]
+    lines = [f"# Real teacher (vintagify CycleGAN, 56.80G) -> {stu['arch']} student ({stu['gmacs_256']:.3f}G), "
+             "testA", "",
              f"| row | PSNR vs teacher (dB) | SSIM vs teacher | FID to teacher (n={res['settings']['fid_images']}) | "
              f"KID to teacher | seeds |",
              "|---|---|---|---|---|---|"]
@@ -660,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=Settings.steps)
+    p.add_argument("--crop", type=int, default=Settings.crop, help="training crop side (of the 256 px photos)")
+    p.add_argument("--lr", type=float, default=Settings.lr)
+    p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
     p.add_argument("--log-every", type=int, default=Settings.log_every)
     p.add_argument("--fid-images", type=int, default=Settings.fid_images)
     p.add_argument("--train-images", type=int, default=Settings.train_images)
@@ -671,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aggregate-only", action="store_true", help="rewrite the result files from finished runs")
     a = p.parse_args(argv)
     s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
+                 crop=a.crop, lr=a.lr, colour_skip=not a.no_colour_skip,
                  train_images=a.train_images, threads=a.threads, latency=not a.no_latency, log_every=a.log_every,
                  fid_images=a.fid_images,
                  results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),

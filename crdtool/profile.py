@@ -55,6 +55,7 @@ _ZERO_OPS = (
     "aten::dropout", "aten::dropout_", "aten::feature_dropout", "aten::alpha_dropout", "aten::clone",
     "aten::max_pool2d", "aten::max_pool2d_with_indices", "aten::upsample_nearest2d", "aten::pixel_shuffle",
     "aten::pixel_unshuffle", "aten::sum", "aten::softmax", "aten::detach", "aten::contiguous",
+    "aten::clamp", "aten::clamp_min", "aten::sqrt", "aten::eye", "aten::view_as",
 )
 
 

@@ -77,6 +77,9 @@ class GeneratorConfig(RecipeSection):
     residual: bool = Field(False, description=(
         "resnet families: output = clamp(input + head, -1, 1) instead of tanh(head); starts as the identity, "
         "for subtle photo->photo teachers"))
+    colour_skip: bool = Field(False, description=(
+        "with residual: the input skip goes through a per-image 3x3 colour matrix and offset, predicted from "
+        "the input's colour statistics and the pooled features (for teachers that grade each photo differently)"))
     checkpoint: Optional[Path] = Field(None, description=(
         "teacher only: load pretrained weights instead of training (a file, or a cached id such as "
         "\"weights:vintagify\")"))
@@ -91,7 +94,7 @@ class GeneratorConfig(RecipeSection):
             return load_arch_spec(self.arch)
         return family_spec(self.arch, ngf=self.ngf, n_blocks=self.n_blocks, num_downs=self.num_downs,
                            norm=self.norm, dropout=self.dropout, scale=self.scale, affine=self.affine,
-                           residual=self.residual)
+                           residual=self.residual, colour_skip=self.colour_skip)
 
 
 class DiscriminatorConfig(RecipeSection):

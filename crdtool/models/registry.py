@@ -21,7 +21,7 @@ _DEFAULT_NORM: dict[str, str] = {}
 _STRIDE: dict[str, int] = {}  # input sides must be multiples of this (resnets 4; SR families 1)
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {}  # spec fields a family defaults differently (rrdb: 23 blocks)
 _OPTIONS: dict[str, tuple[str, ...]] = {}  # boolean spec fields a family implements (affine, residual)
-OPTIONAL_FIELDS = ("affine", "residual")
+OPTIONAL_FIELDS = ("affine", "residual", "colour_skip")
 
 
 def register_generator(name: str, default_norm: str = "instance", options: tuple[str, ...] = ()):
@@ -75,6 +75,7 @@ class GeneratorSpec:
     arch: dict[str, Any] | None = field(default=None, hash=False, compare=True)
     affine: bool = False  # InstanceNorm with a learned scale/shift (foreign teachers trained that way)
     residual: bool = False  # out = clamp(x + head(features), -1, 1) instead of tanh(head(features))
+    colour_skip: bool = False  # residual with a per-image colour matrix on x (models/colour_skip.py)
 
     def resolved(self) -> "GeneratorSpec":
         if self.name not in _GENERATORS:
@@ -93,6 +94,8 @@ class GeneratorSpec:
         if self.residual and self.input_nc != self.output_nc:
             raise CrdError(f"generator residual = true needs input_nc == output_nc, got {self.input_nc} and "
                            f"{self.output_nc}")
+        if self.colour_skip and not self.residual:
+            raise CrdError("generator colour_skip = true needs residual = true (it transforms the input skip)")
         return dataclasses.replace(self, norm=norm)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,10 +133,12 @@ def build_generator(spec: GeneratorSpec | str, ngf: int | None = None, *, init: 
         return model
     init_weights(model)
     if spec.residual:  # a zero head makes the untrained network the identity, where a residual student starts
-        head = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+        head = [m for m in model.model.modules() if isinstance(m, nn.Conv2d)][-1]
         nn.init.zeros_(head.weight)
         if head.bias is not None:
             nn.init.zeros_(head.bias)
+    if spec.colour_skip:
+        model.colour_skip.reset()
     return model
 
 
@@ -156,7 +161,7 @@ def _resnet(spec: GeneratorSpec) -> nn.Module:
     from crdtool.models.resnet import ResnetGenerator
 
     return ResnetGenerator(spec.input_nc, spec.output_nc, spec.ngf, spec.n_blocks, spec.norm, spec.dropout,
-                           spec.affine, spec.residual)
+                           spec.affine, spec.residual, spec.colour_skip)
 
 
 @register_generator("mobile_resnet", options=OPTIONAL_FIELDS)
@@ -164,7 +169,7 @@ def _mobile_resnet(spec: GeneratorSpec) -> nn.Module:
     from crdtool.models.mobile_resnet import MobileResnetGenerator
 
     return MobileResnetGenerator(spec.input_nc, spec.output_nc, spec.ngf, spec.n_blocks, spec.norm, spec.dropout,
-                                 spec.affine, spec.residual)
+                                 spec.affine, spec.residual, spec.colour_skip)
 
 
 @register_generator("unet", default_norm="batch")

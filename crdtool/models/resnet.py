@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from crdtool.models.colour_skip import ColourSkip
 from crdtool.models.layers import conv_bias, norm_layer
 
 
@@ -81,13 +82,19 @@ class ResnetGenerator(nn.Module):
     stride = 4
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", dropout: float = 0.0, affine: bool = False, residual: bool = False):
+                 norm: str = "instance", dropout: float = 0.0, affine: bool = False, residual: bool = False,
+                 colour_skip: bool = False):
         super().__init__()
         blocks = [ResnetBlock(ngf * 4, norm, dropout, affine) for _ in range(n_blocks)]
         self.residual = residual
         self.model = nn.Sequential(*encoder(input_nc, ngf, norm, affine), *blocks,
                                    *decoder(output_nc, ngf, norm, affine, residual))
+        self.bottleneck = len(self.model) - len(decoder(output_nc, ngf, norm, affine, residual))
+        self.colour_skip = ColourSkip(output_nc, ngf * 4) if colour_skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model(x)
-        return residual_output(x, y) if self.residual else y
+        if self.colour_skip is None:
+            y = self.model(x)
+            return residual_output(x, y) if self.residual else y
+        features = self.model[:self.bottleneck](x)
+        return residual_output(self.colour_skip(x, features), self.model[self.bottleneck:](features))
