@@ -4,7 +4,8 @@ A residual student outputs ``clamp(x + head(features))``. Its features pass thro
 which removes each image's global colour statistics, so the head cannot make a colour change that
 depends on them; the skip carries ``x`` unchanged. A teacher that grades every photo differently
 (the vintagify CycleGAN: one 3x3 colour matrix plus offset fitted per test photo reproduces its
-output at 28.2 dB PSNR, one shared matrix at only 24.7 dB) needs exactly that. ``ColourSkip``
+output at 28.2 dB PSNR, one shared matrix at only 24.7 dB: benchmarks/results/colour_ceiling.md)
+needs exactly that. ``ColourSkip``
 predicts the matrix and offset from the input's channel means and standard deviations (which
 InstanceNorm hides from the rest of the network) and the pooled bottleneck features (what the image
 shows), and applies them to the skip: ``out = clamp(A x + b + head(features))``.
