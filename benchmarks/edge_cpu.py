@@ -14,7 +14,7 @@ random-weight mobile_resnet ngf16; a real distilled student (benchmarks/results/
 is added when present. Latency does not depend on weight values; int8 fidelity does.
 
     python benchmarks/edge_cpu.py                       # 2 rounds, writes benchmarks/results/edge_cpu.{json,md,png}
-    python benchmarks/edge_cpu.py --rounds 1 --student-runs 10 --out /tmp/quick
+    python benchmarks/edge_cpu.py --rounds 1 --student-runs 10 --out runs/edge_quick
 """
 
 from __future__ import annotations
