@@ -75,8 +75,7 @@ class Distiller:
     the test split); ``on_progress`` receives one "step" event per step.
     """
 
-    G_A, G_B, student, D_A, D_B, best_G_A = (_network(n) for n in ("G_A", "G_B", "student", "D_A", "D_B",
-                                                                     "best_G_A"))
+    G_A, G_B, student, D_A, D_B, best_G_A = map(_network, ("G_A", "G_B", "student", "D_A", "D_B", "best_G_A"))
 
     def __init__(self, recipe: Recipe, runtime: Runtime | None = None, run_dir: Path | None = None,
                  on_progress: Callable[[dict[str, Any]], None] | None = None, teacher_scorer: Scorer | None = None):
@@ -101,7 +100,7 @@ class Distiller:
         if self.schedule.kind == "cyclegan" and recipe.train.teacher_select == "fid":
             self.teacher_scorer = teacher_scorer or TeacherScorer.for_recipe(recipe, self.run_dir)
 
-    # what tests and benchmarks reach for by name
+    # the parts under their usual names (the step strategies hold the parts themselves)
     fwd = property(lambda self: self.nets.fwd)
     gan = property(lambda self: self.criteria.gan)
     perceptual = property(lambda self: self.criteria.perceptual)
@@ -116,12 +115,12 @@ class Distiller:
         """The "start" event: what runs where from which step, for a header above the progress."""
         spec = getattr(self.nets.G_A, "spec", None) or self.r.teacher.spec()  # a checkpoint describes itself
         layout = getattr(self.nets.G_A, "checkpoint_layout", None)
-        return {"event": "start", "rank": self.rank, "step": self.progress.step, "total": self.schedule.planned_steps(),
-                "name": self.r.name,
+        notes = ([f"teacher checkpoint: {layout}"] if layout else []) + self.notes
+        return {"event": "start", "rank": self.rank, "step": self.progress.step,
+                "total": self.schedule.planned_steps(), "name": self.r.name,
                 "teacher": f"{spec.describe()} ({'pretrained' if self.pretrained else 'online'})",
                 "student": self.r.student.spec().describe(), "device": self.rt.describe(),
-                "run_dir": str(self.run_dir),
-                "notes": ([f"teacher checkpoint: {layout}"] if layout else []) + self.notes}
+                "run_dir": str(self.run_dir), "notes": notes}
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False,
