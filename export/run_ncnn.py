@@ -10,27 +10,17 @@ only. fp16/bf16 storage and arithmetic are switched off, so it computes in fp32 
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_onnx import list_images, load_manifest, postprocess, preprocess  # noqa: E402
+from run_onnx import load_manifest, runner_parser, translate_folder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path, help="the .ncnn.param (its .ncnn.bin beside it)")
-    ap.add_argument("images", type=Path)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--manifest", type=Path, default=None, help="default: manifest.json beside the model")
-    ap.add_argument("--threads", type=int, default=0, help="threads (0 = ncnn's default)")
-    ap.add_argument("--keep-size", action="store_true", help="resize outputs back to each input's size")
+    ap = runner_parser(__doc__.splitlines()[0], "the .ncnn.param (its .ncnn.bin beside it)", "threads (0 = ncnn's default)")
     args = ap.parse_args(argv)
 
     import ncnn
@@ -56,34 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: ncnn extract failed ({ret})")
         return np.array(out)[None]
 
-    files = list_images(args.images)
-    args.out.mkdir(parents=True, exist_ok=True)
-    infer(np.zeros((1, 3, *size), np.float32))  # warm-up, not timed
-    times = []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                img = im.convert("RGB")
-        except Exception as e:  # one bad file must not end the run
-            print(f"{path.name}: skipped ({type(e).__name__}: {e})", file=sys.stderr)
-            continue
-        x = preprocess(img, size)
-        t0 = time.perf_counter()
-        y = infer(x)
-        ms = (time.perf_counter() - t0) * 1e3
-        times.append(ms)
-        out = postprocess(y)
-        if args.keep_size:
-            out = out.resize(img.size, Image.BICUBIC)
-        out.save(args.out / f"{path.stem}.png")
-        print(f"{path.name}: {ms:.2f} ms")
-    if not times:
-        print("error: no readable images", file=sys.stderr)
-        return 1
-    print(f"{len(times)} images, {size[0]}x{size[1]}, ncnn {ncnn.__version__} CPU: "
-          f"median {statistics.median(times):.2f} ms, min {min(times):.2f} ms (inference only, after 1 warm-up)")
-    return 0
+    return translate_folder(infer, args.images, args.out, size, args.keep_size, f"ncnn {ncnn.__version__} CPU")
 
 
 if __name__ == "__main__":

@@ -58,15 +58,54 @@ def postprocess(y: np.ndarray) -> Image.Image:
     return Image.fromarray(v.astype(np.uint8).transpose(1, 2, 0), "RGB")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path)
+def runner_parser(description: str, model_help: str, threads_help: str) -> argparse.ArgumentParser:
+    """The arguments every runner takes: model, image folder, output folder, manifest, threads, keep-size."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("model", type=Path, help=model_help)
     ap.add_argument("images", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--manifest", type=Path, default=None, help="default: manifest.json beside the model")
-    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = onnxruntime's default)")
-    ap.add_argument("--size", type=int, default=None, help="input side for a --dynamic export (multiple of stride)")
+    ap.add_argument("--threads", type=int, default=0, help=threads_help)
     ap.add_argument("--keep-size", action="store_true", help="resize outputs back to each input's size")
+    return ap
+
+
+def translate_folder(infer, images: Path, out: Path, size: tuple[int, int], keep_size: bool, runtime: str) -> int:
+    """Run ``infer`` ((1, 3, H, W) float32 -> same) on every image of a folder, save PNGs, print the latency
+    of each image and a summary; an unreadable file is skipped with a message, not the end of the run."""
+    files = list_images(images)
+    out.mkdir(parents=True, exist_ok=True)
+    infer(np.zeros((1, 3, *size), np.float32))  # warm-up, not timed
+    times = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                img = im.convert("RGB")
+        except Exception as e:  # one bad file must not end the run
+            print(f"{path.name}: skipped ({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        x = preprocess(img, size)
+        t0 = time.perf_counter()
+        y = infer(x)
+        ms = (time.perf_counter() - t0) * 1e3
+        times.append(ms)
+        result = postprocess(y)
+        if keep_size:
+            result = result.resize(img.size, Image.BICUBIC)
+        result.save(out / f"{path.stem}.png")
+        print(f"{path.name}: {ms:.2f} ms")
+    if not times:
+        print("error: no readable images", file=sys.stderr)
+        return 1
+    print(f"{len(times)} images, {size[0]}x{size[1]}, {runtime}: median {statistics.median(times):.2f} ms, "
+          f"min {min(times):.2f} ms (inference only, after 1 warm-up)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = runner_parser(__doc__.splitlines()[0], "the .onnx graph", "intra-op threads (0 = onnxruntime's default)")
+    ap.add_argument("--size", type=int, default=None, help="input side for a --dynamic export (multiple of stride)")
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -87,35 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         opts.intra_op_num_threads = args.threads
     sess = ort.InferenceSession(str(args.model), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-
-    files = list_images(args.images)
-    args.out.mkdir(parents=True, exist_ok=True)
-    sess.run(None, {name: np.zeros((1, 3, *size), np.float32)})  # warm-up, not timed
-    times = []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                img = im.convert("RGB")
-        except Exception as e:  # one bad file must not end the run
-            print(f"{path.name}: skipped ({type(e).__name__}: {e})", file=sys.stderr)
-            continue
-        x = preprocess(img, size)
-        t0 = time.perf_counter()
-        y = sess.run(None, {name: x})[0]
-        ms = (time.perf_counter() - t0) * 1e3
-        times.append(ms)
-        out = postprocess(y)
-        if args.keep_size:
-            out = out.resize(img.size, Image.BICUBIC)
-        out.save(args.out / f"{path.stem}.png")
-        print(f"{path.name}: {ms:.2f} ms")
-    if not times:
-        print("error: no readable images", file=sys.stderr)
-        return 1
-    print(f"{len(times)} images, {size[0]}x{size[1]}, onnxruntime {ort.__version__} CPU: "
-          f"median {statistics.median(times):.2f} ms, min {min(times):.2f} ms (inference only, after 1 warm-up)")
-    return 0
+    return translate_folder(lambda x: sess.run(None, {name: x})[0], args.images, args.out, size, args.keep_size,
+                            f"onnxruntime {ort.__version__} CPU")
 
 
 if __name__ == "__main__":

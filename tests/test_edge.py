@@ -201,6 +201,34 @@ def test_export_writes_verified_edge_artifacts_with_their_weights(tmp_path):
     for entry in kinds.values():
         assert entry["parity"]["max_abs"] < 1e-4 and entry["notes"]["companion_files"]
     assert not math.isnan(res.rows[0].parity.psnr_db)
+    _standalone_runners_agree(tmp_path)
+
+
+def _standalone_runners_agree(tmp_path):
+    """export/run_openvino.py and export/run_ncnn.py translate a folder into the same pixels (both fp32)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    runners = Path(__file__).resolve().parents[1] / "export"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, x in enumerate(_images(2)):
+        Image.fromarray(((x + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(photos / f"{i}.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    outs = {}
+    for runner, model in (("run_openvino.py", "student.xml"), ("run_ncnn.py", "student.ncnn.param")):
+        out = tmp_path / runner
+        proc = subprocess.run([sys.executable, str(runners / runner), str(tmp_path / "out" / model), str(photos),
+                               str(out), "--threads", "1"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "2 images" in proc.stdout and "median" in proc.stdout and "broken.png: skipped" in proc.stderr
+        outs[runner] = [np.asarray(Image.open(out / f"{i}.png"), dtype=np.int16) for i in range(2)]
+    for a, b in zip(outs["run_openvino.py"], outs["run_ncnn.py"]):
+        assert a.shape == (SIZE, SIZE, 3) and np.abs(a - b).max() <= 1
 
 
 def test_export_refuses_a_fixed_shape_runtime_with_dynamic_and_writes_nothing(tmp_path):
