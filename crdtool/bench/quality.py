@@ -35,6 +35,7 @@ class EvalSplit:
     aligned: bool  # pix2pix A|B side-by-side files: source and real are halves of the same files
     direction: str
     description: str
+    reference: Path | None = None  # a generator whose translations of ``source`` are the real set (no B images)
 
 
 def eval_split(root: str | Path, direction: str = "AtoB") -> EvalSplit:
@@ -51,6 +52,26 @@ def eval_split(root: str | Path, direction: str = "AtoB") -> EvalSplit:
         return EvalSplit(source, source, True, direction, f"{split.source} (A|B halves, {direction})")
     return EvalSplit(source, list_images(split.target), False, direction,
                      f"{split.source} -> compared with {split.target}")
+
+
+def teacher_split(run: str | Path) -> EvalSplit | None:
+    """For a run trained on a plain folder of photos (``data.layout = "folder"``): its held-out photos, with
+    the run's teacher translating them as the real set, the reference such a run was distilled toward.
+    None for other runs. Without this, a folder that happens to sit in a dataset would be scored against
+    that dataset's target domain, which the teacher may never have seen."""
+    from crdtool.data.folder import folder_split
+    from crdtool.recipe import load_recipe
+
+    run = Path(run)
+    r = load_recipe(run / "recipe.toml")
+    if r.data.layout != "folder":
+        return None
+    teacher = run / "teacher.safetensors"
+    if not teacher.is_file():
+        raise CrdError(f"{run}: a folder-layout run is scored against its teacher, but {teacher.name} is missing")
+    files, how = folder_split(r.data.root, "test", r.data.test_fraction)
+    return EvalSplit(files, [], False, "AtoB", f"{how} -> compared with the teacher's translations of them",
+                     reference=teacher)
 
 
 def iter_split_images(files: list[Path], aligned: bool, side: str, n: int | None,
@@ -90,10 +111,18 @@ def translate_split(runner, split: EvalSplit, size: int = 256, batch: int = 1, n
         yield flush()
 
 
-def real_features(split: EvalSplit, model: torch.nn.Module, n: int | None = None, batch_size: int = 16):
-    """Inception features of the split's real target images at their own resolution (docs/fid.md)."""
+def real_features(split: EvalSplit, model: torch.nn.Module, n: int | None = None, batch_size: int = 16,
+                  size: int = 256):
+    """Inception features of the split's real target images at their own resolution (docs/fid.md), or of
+    the reference generator's translations of the source images at ``size`` (the artifact's own size)."""
     import numpy as np
 
+    if split.reference is not None:
+        from crdtool.bench.dispatch import make_runner
+        from crdtool.bench.runners import parse_backend
+
+        runner = make_runner(split.reference, parse_backend("torch-cpu"), 1, size)
+        return fidlib.extract_features(model, translate_split(runner, split, size, 1, n), batch_size)
     side = "B" if split.direction == "AtoB" else "A"
     imgs = (torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
             for _, img in iter_split_images(split.real, split.aligned, side, n))
@@ -123,21 +152,22 @@ class QualityResult:
 
 
 def load_real(split: EvalSplit | None, model: torch.nn.Module, real_stats: str | Path | None = None,
-              n: int | None = None) -> tuple[fidlib.FIDStats, str]:
+              n: int | None = None, size: int = 256) -> tuple[fidlib.FIDStats, str]:
     """Real statistics from a stats file (published npz or ours) or from the split's real images."""
     if real_stats is not None:
         return fidlib.load_stats(real_stats), str(real_stats)
     if split is None:
         raise CrdError("FID needs --data ROOT (a test split) or --real-stats FILE")
-    feats = real_features(split, model, n)
-    return fidlib.stats_from_features(feats), f"{len(feats)} real images ({split.description})"
+    feats = real_features(split, model, n, size=size)
+    what = "teacher translations" if split.reference is not None else "real images"
+    return fidlib.stats_from_features(feats), f"{len(feats)} {what} ({split.description})"
 
 
 def evaluate_fid(artifact: str | Path, backend: str = "auto", data: str | Path | None = None,
                  direction: str = "AtoB", inception: torch.nn.Module | str | Path | None = None,
                  real: fidlib.FIDStats | str | Path | None = None, n: int | None = None, size: int = 256,
                  batch: int = 1, threads: int | None = None, onnx: str | Path | None = None,
-                 name: str | None = None) -> QualityResult:
+                 name: str | None = None, split: EvalSplit | None = None) -> QualityResult:
     """Translate the test split with ``artifact`` on ``backend`` and score it with FID (and KID when real
     features are at hand). ``real`` is precomputed statistics, a stats file, or None (computed from ``data``).
     """
@@ -150,13 +180,14 @@ def evaluate_fid(artifact: str | Path, backend: str = "auto", data: str | Path |
     model = inception if isinstance(inception, torch.nn.Module) else fidlib.load_inception(inception)
     inception_desc = "given module" if isinstance(inception, torch.nn.Module) else str(
         fidlib.resolve_inception_path(inception))
-    if data is None:
-        raise CrdError("FID needs --data ROOT: the test split the artifact translates")
-    split = eval_split(data, direction)
+    if split is None:
+        if data is None:
+            raise CrdError("FID needs --data ROOT: the test split the artifact translates")
+        split = eval_split(data, direction)
     if isinstance(real, fidlib.FIDStats):
         real_stats, real_desc = real, "precomputed statistics"
     else:
-        real_stats, real_desc = load_real(split, model, real, n)
+        real_stats, real_desc = load_real(split, model, real, n, size)
     torch.set_num_threads(threads or physical_cores())
     runner = make_runner(artifact, be, batch, size, threads, onnx)
     fake = fidlib.extract_features(model, translate_split(runner, split, size, batch, n))

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from crdtool.bench.artifacts import check_size, export_temp_onnx, native_size, resolve_pair
 from crdtool.bench.env import current_command, load_avg
-from crdtool.bench.inputs import find_image_folder, recipe_test_folder
+from crdtool.bench.inputs import find_image_folder, recipe_test_folder, run_folder_of
 from crdtool.bench.latency import BenchSpec, LatencyResult, bench_artifacts
 from crdtool.bench.quality import QualityResult
 from crdtool.bench.report import Speedup, bench_document, speedups
@@ -103,18 +103,22 @@ def fid_quality(specs: list[BenchSpec], data, direction: str, real_stats, n: int
                 ) -> list[QualityResult]:
     """FID/KID of each spec's artifact on the test split (a checkpoint on an onnxruntime backend goes through
     a temporary ONNX export); one failing artifact gets an error row, the others still run."""
-    from crdtool.bench.quality import eval_split, evaluate_fid, load_real
+    from crdtool.bench.quality import eval_split, evaluate_fid, load_real, teacher_split
     from crdtool.metrics.fid import load_inception
 
     say = on_fid or (lambda stage, name: None)
+    split = None
     if data is None:
-        guess = recipe_test_folder(specs[0].artifact)
+        run = run_folder_of(specs[0].artifact)
+        split = teacher_split(run) if run is not None else None
+        guess = recipe_test_folder(specs[0].artifact) if split is None else None
         data = guess.parent if guess is not None else None
-    if data is None:
+    if data is None and split is None:
         raise CrdError("--fid needs --data ROOT (the dataset with the test split)")
+    split = split or eval_split(data, direction)
     model = load_inception(inception_weights)
     say("real statistics", "")
-    real, real_desc = load_real(eval_split(data, direction), model, real_stats, n)
+    real, real_desc = load_real(split, model, real_stats, n, specs[0].size)
     out = []
     for spec in specs:
         name = spec.name or Path(spec.artifact).name
@@ -126,7 +130,7 @@ def fid_quality(specs: list[BenchSpec], data, direction: str, real_stats, n: int
             if kind == "torch" and be.framework == "onnx":
                 onnx = export_temp_onnx(spec.artifact, Path(tmp) / f"fid-{len(out)}.onnx", spec.batch, spec.size)
             q = evaluate_fid(spec.artifact, be.label, data, direction, model, real, n, spec.size, spec.batch,
-                             threads, onnx, name)
+                             threads, onnx, name, split)
             q.real = real_desc
         except CrdError as e:
             q = QualityResult(spec.artifact, name, spec.backend, "?", error=str(e))
