@@ -221,3 +221,42 @@ def test_real_vintagify_teacher_through_the_cache(tmp_path, shared_data):
     out = cache.outputs(photos, x, "resize64")
     assert cache.outputs(photos, x, "resize64").equal(out) and cache.teacher_calls == 1
     assert 15.0 < psnr(out, x) < 40.0  # changed, but still the same photo
+
+
+def test_bench_fid_of_a_folder_run_is_scored_against_its_teacher(tmp_path):
+    """A folder-layout run inside a dataset with testA/testB must not be scored against testB."""
+    from PIL import Image
+
+    from crdtool.bench.quality import real_features, teacher_split
+    from crdtool.models import build_generator
+    from crdtool.models.checkpoints import save_generator
+    from crdtool.recipe import dump_toml
+
+    photos = tmp_path / "dataset" / "trainA"
+    photos.mkdir(parents=True)
+    (tmp_path / "dataset" / "testB").mkdir()  # another domain next to the photos
+    for i in range(10):
+        Image.new("RGB", (16, 16), (20 * i, 100, 200 - 10 * i)).save(photos / f"{i:02d}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.toml").write_text(dump_toml({"name": "t", "data": {"root": str(photos), "layout": "folder",
+                                                                      "test_fraction": 0.2}}))
+    torch.manual_seed(0)
+    save_generator(build_generator("mobile_resnet", 4, n_blocks=1), run / "teacher.safetensors")
+    split = teacher_split(run)
+    assert [p.name for p in split.source] == ["08.png", "09.png"] and split.reference == run / "teacher.safetensors"
+    assert "compared with the teacher's translations" in split.description
+
+    seen = []
+
+    class Probe(torch.nn.Module):  # stands in for Inception: records what it is shown
+        def forward(self, x):
+            seen.append(x)
+            return x.mean((2, 3)).repeat(1, 4)
+
+    feats = real_features(split, Probe(), size=16)
+    assert feats.shape == (2, 12) and len(seen) == 1
+    inputs_only = real_features(type(split)(split.source, split.source, False, "AtoB", "inputs"), Probe())
+    assert not np.allclose(feats, inputs_only)  # the teacher's translations, not the photos themselves
+    (run / "recipe.toml").write_text(dump_toml({"name": "t", "data": {"root": str(photos)}}))
+    assert teacher_split(run) is None
