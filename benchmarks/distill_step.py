@@ -364,7 +364,7 @@ def breakdown(d, m: dict, ref, x: torch.Tensor, reps: int, sync) -> dict:
     with torch.no_grad():
         out["teacher_forward_ms"] = ms(lambda: m["teacher"](x))
     out["literal_crd_fwd_bwd_ms"] = ms(crd(lambda a, b: crd_literal(a, b, patch_size=r.patch_size)))
-    out["crdtool_crd_fwd_bwd_ms"] = ms(crd(d.crd))
+    out["crdtool_crd_fwd_bwd_ms"] = ms(crd(d.criteria.crd))
     rest = out["reference_step_ms"] - out["literal_crd_fwd_bwd_ms"]
     out["literal_crd_share_of_reference"] = round(out["literal_crd_fwd_bwd_ms"] / out["reference_step_ms"], 3)
     out["speedup_bound_from_crd_alone"] = round(out["reference_step_ms"] / (rest + out["crdtool_crd_fwd_bwd_ms"]), 2)
