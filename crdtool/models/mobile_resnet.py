@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from crdtool.models.colour_skip import ColourSkip
 from crdtool.models.layers import norm_layer
-from crdtool.models.resnet import decoder, encoder, residual_output
+from crdtool.models.resnet import decoder, encoder, generator_output
 
 
 class SeparableConv2d(nn.Module):
@@ -67,8 +67,4 @@ class MobileResnetGenerator(nn.Module):
         self.colour_skip = ColourSkip(output_nc, ngf * 4) if colour_skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.colour_skip is None:
-            y = self.model(x)
-            return residual_output(x, y) if self.residual else y
-        features = self.model[:self.bottleneck](x)
-        return residual_output(self.colour_skip(x, features), self.model[self.bottleneck:](features))
+        return generator_output(self, x)

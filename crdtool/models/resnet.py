@@ -76,6 +76,15 @@ def residual_output(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.clamp(x + y, -1.0, 1.0)
 
 
+def generator_output(gen: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The forward of both resnet families: ``gen.model``, then the input skip (plain or colour) if any."""
+    if gen.colour_skip is None:
+        y = gen.model(x)
+        return residual_output(x, y) if gen.residual else y
+    features = gen.model[:gen.bottleneck](x)
+    return residual_output(gen.colour_skip(x, features), gen.model[gen.bottleneck:](features))
+
+
 class ResnetGenerator(nn.Module):
     """CycleGAN generator: 56.80 GMACs / 11.378M params at ngf=64, 9 blocks, 256x256."""
 
@@ -93,8 +102,4 @@ class ResnetGenerator(nn.Module):
         self.colour_skip = ColourSkip(output_nc, ngf * 4) if colour_skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.colour_skip is None:
-            y = self.model(x)
-            return residual_output(x, y) if self.residual else y
-        features = self.model[:self.bottleneck](x)
-        return residual_output(self.colour_skip(x, features), self.model[self.bottleneck:](features))
+        return generator_output(self, x)
