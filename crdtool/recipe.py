@@ -201,13 +201,19 @@ class Recipe(RecipeSection):
         return dump_toml(self.model_dump(mode="json", exclude_none=True))
 
 
+def resolve_recipe_path(p: Optional[Path], base: Path, source: str, key: str = "") -> Optional[Path]:
+    """A recipe's file value: relative to the recipe's folder; for weight keys (``key`` given), a
+    ``"weights:ID"`` names the cached reference file (``crdtool weights get ID``)."""
+    if p is None or str(p) == "":
+        return None
+    if key and str(p).startswith(weights.PREFIX):
+        return weights.resolve_reference(str(p), f"{source}: {key}")
+    return p if p.is_absolute() else (base / p).resolve()
+
+
 def _resolve_paths(recipe: Recipe, base: Path, source: str = "<recipe>") -> Recipe:
     def fix(p: Optional[Path], key: str = "") -> Optional[Path]:
-        if p is None or str(p) == "":
-            return None
-        if key and str(p).startswith(weights.PREFIX):  # "weights:vgg19" -> the cached reference file
-            return weights.resolve_reference(str(p), f"{source}: {key}")
-        return p if p.is_absolute() else (base / p).resolve()
+        return resolve_recipe_path(p, base, source, key)
 
     recipe.data.root = fix(recipe.data.root)
     recipe.teacher.checkpoint = fix(recipe.teacher.checkpoint, "teacher.checkpoint")

@@ -277,6 +277,21 @@ def test_recipe_names_weights_by_id(tmp_path, cache):
     assert r.teacher.checkpoint == cache / "vintagify.safetensors" and r.loss.vgg_weights == cache / "vgg19.safetensors"
 
 
+def test_search_recipe_names_weights_by_id(tmp_path, cache):
+    from crdtool.search.search import parse_search_recipe
+
+    data = {"name": "s", "data": {"root": "data"}, "teacher": {"checkpoint": "weights:vintagify"},
+            "loss": {"vgg_weights": "weights:vgg19"}}
+    with pytest.raises(CrdError, match=r"^search\.toml: teacher\.checkpoint = 'weights:vintagify' is not in"):
+        parse_search_recipe(data, "search.toml", tmp_path)
+    cache.mkdir(parents=True)
+    (cache / "vgg19.safetensors").write_bytes(b"x")
+    (cache / "vintagify.safetensors").write_bytes(b"x")
+    cfg = parse_search_recipe(data, "search.toml", tmp_path)
+    assert cfg.teacher.checkpoint == cache / "vintagify.safetensors" and cfg.loss.vgg_weights == cache / "vgg19.safetensors"
+    assert cfg.data.root == tmp_path / "data"
+
+
 def test_cli_get_prints_the_path_and_list_shows_cache_state(tmp_path, cache, monkeypatch):
     from typer.testing import CliRunner
 

@@ -35,6 +35,7 @@ from crdtool.recipe import (
     dump_toml,
     format_validation_error,
     read_toml,
+    resolve_recipe_path,
 )
 from crdtool.runtime import Runtime
 from crdtool.search.space import (
@@ -113,7 +114,8 @@ class SearchLossSection(RecipeSection):
     """``[loss]``: distillation to the teacher's output; no discriminator."""
 
     lambda_l1: float = Field(1.0, ge=0)
-    vgg_weights: Optional[Path] = Field(None, description="torchvision vgg16 state dict; unset = raw-output Gram")
+    vgg_weights: Optional[Path] = Field(None, description=(
+        "VGG file: \"weights:vgg19\", the Keras .h5, or a torchvision vgg16 state dict; unset = raw-output Gram"))
     lambda_style: float = Field(1e4, ge=0, description="VGG Gram (style) weight")
     lambda_content: float = Field(10.0, ge=0, description="VGG relu2_2 feature (content) weight")
     lambda_raw_style: float = Field(10.0, ge=0, description="Gram of the raw outputs, used when there is no VGG")
@@ -163,12 +165,9 @@ def parse_search_recipe(data: dict[str, Any], source: str = "<recipe>", base: Pa
     cfg = validated(SearchConfig, data, source)
     base = base or Path.cwd()
 
-    def fix(p: Optional[Path]) -> Optional[Path]:
-        return None if p is None or str(p) == "" else (p if p.is_absolute() else (base / p).resolve())
-
-    cfg.data.root = fix(cfg.data.root)
-    cfg.teacher.checkpoint = fix(cfg.teacher.checkpoint)
-    cfg.loss.vgg_weights = fix(cfg.loss.vgg_weights)
+    cfg.data.root = resolve_recipe_path(cfg.data.root, base, source)
+    cfg.teacher.checkpoint = resolve_recipe_path(cfg.teacher.checkpoint, base, source, "teacher.checkpoint")
+    cfg.loss.vgg_weights = resolve_recipe_path(cfg.loss.vgg_weights, base, source, "loss.vgg_weights")
     if cfg.teacher.arch.endswith(".json") and not Path(cfg.teacher.arch).is_absolute():
         cfg.teacher.arch = str((base / cfg.teacher.arch).resolve())
     cfg.source = Path(source) if source != "<recipe>" else None
@@ -192,9 +191,9 @@ class SearchLoss(nn.Module):
         self.cfg = cfg
         self.vgg = None
         if cfg.vgg_weights is not None:
-            from crdtool.losses import PerceptualLoss, load_vgg16  # lazy: only with VGG weights
+            from crdtool.losses import PerceptualLoss, load_vgg  # lazy: only with VGG weights
 
-            self.vgg = PerceptualLoss(load_vgg16(cfg.vgg_weights))
+            self.vgg = PerceptualLoss(load_vgg(cfg.vgg_weights))
 
     @property
     def description(self) -> str:
