@@ -21,14 +21,23 @@ Arms, at equal budget (same student, images, steps, seeds; only the loss differs
   crd_vgg_gan  CRD + VGG + GAN; D learns teacher output (real) vs student output (fake)
   rkd_vgg      instance-level RKD (relations between whole images of a batch) + VGG
   pixel_plain  (reference row) L1, the plain tanh student without the input skip
+  pixel_gan, pixel_crd_vgg_gan   (extra rows) the GAN and the full loss with L1 as the colour anchor
 
-Metrics on testA (never trained on), against the teacher's outputs: PSNR and SSIM; FID and KID of
-student outputs vs teacher outputs (TF-Inception; 100 vs 100 images, so FID is the exact low-rank
-value). Reference rows: the untranslated inputs, and the teacher itself on the training photos,
-a split disjoint from testA (the FID floor: how far apart two sets of the teacher's own outputs
-are; on these 2 shared cores a separate reference split was not affordable). Deployment: every
-seed-0 student and the teacher exported to ONNX fp32 and int8 (onnxruntime, CPU), timed, and the
-int8 student's fidelity to the teacher on testA.
+Metrics on testA (never trained on), against the teacher's outputs: PSNR and SSIM, and two kinds
+of FID/KID (TF-Inception pool3):
+
+  paired        each output on the first 50 testA photos vs the teacher's output of the same photo.
+                With 50 images this is a texture-alignment score more than a distribution distance:
+                the teacher's own outputs on 50 other photos score far worse than the untranslated
+                inputs, so it has no floor but 0.
+  distribution  outputs on 400 held-out photos (testA, then trainA photos the students never saw)
+                vs the teacher's outputs on 400 other held-out photos: the GAN convention. Every
+                row faces the same reference set, and the floor row is the teacher's own outputs
+                on the evaluated photos.
+
+Reference rows: the untranslated inputs and the teacher itself. Deployment: every seed-0 student
+and the teacher exported to ONNX fp32 and int8 (onnxruntime, CPU), timed, and the int8 student's
+fidelity to the teacher on testA.
 
     python benchmarks/real_teacher.py                                  # data: ../shared/data/photo2anime
     python benchmarks/real_teacher.py --data DIR --teacher weights:vintagify --vgg weights:vgg19 --seeds 0 1 2
@@ -68,6 +77,8 @@ ARMS: dict[str, str] = {
     "crd_vgg_gan": "CRD + VGG-19 + GAN (D: teacher output vs student output)",
     "rkd_vgg": "instance-level RKD + VGG-19",
     "pixel_plain": "L1 to the teacher output, plain tanh student (no input skip)",
+    "pixel_gan": "L1 + GAN (D: teacher output vs student output)",
+    "pixel_crd_vgg_gan": "L1 + CRD + VGG-19 + GAN",
 }
 DEFAULT_ARMS = ["pixel", "vgg", "crd", "crd_vgg", "crd_vgg_gan", "rkd_vgg"]
 
@@ -88,7 +99,8 @@ class Settings:
     colour_skip: bool = True  # the student's skip goes through a per-image colour matrix (models/colour_skip.py)
     betas: tuple[float, float] = (0.5, 0.999)
     decay_from: float = 0.5  # lr decays linearly to 0 over the last half of the steps
-    fid_images: int = 50  # first N testA photos for FID/KID: Inception costs ~3 s per image on the shared CPU
+    fid_images: int = 50  # paired FID/KID: the first N testA photos, each output vs the teacher's output of it
+    dist_fid_images: int = 400  # distribution FID/KID: outputs on N held-out photos vs the teacher on N others
     lambda_pixel: float = 10.0
     lambda_crd: float = 25.0
     lambda_gan: float = 1.0
@@ -153,13 +165,30 @@ def split_files(s: Settings) -> dict[str, list[Path]]:
     return {"test": list_images(s.data / "testA"), "train": train[:s.train_images]}
 
 
-def build_splits(s: Settings, cache) -> dict[str, Split]:
+def heldout_sets(s: Settings, cache) -> tuple[Split, Split]:
+    """The distribution-FID sets: E (evaluated) = testA + the first trainA photos after the training ones,
+    and R (reference, teacher outputs only) = the next ``dist_fid_images`` trainA photos; none trained on."""
+    from crdtool.data.images import list_images
+
+    n = s.dist_fid_images
+    test = list_images(s.data / "testA")
+    spare = list_images(s.data / "trainA")[s.train_images:]
+    evaluated = (test + spare)[:n]
+    reference = spare[max(0, n - len(test)):][:n]
+    if len(evaluated) < n or len(reference) < n:
+        raise SystemExit(f"--dist-fid-images {n} needs {2 * n} held-out photos; testA and the unused trainA "
+                         f"photos hold {len(test) + len(spare)}")
+    sets = build_splits(s, cache, {"heldout-evaluated": evaluated, "heldout-reference": reference})
+    return sets["heldout-evaluated"], sets["heldout-reference"]
+
+
+def build_splits(s: Settings, cache, sets: dict[str, list[Path]] | None = None) -> dict[str, Split]:
     """Inputs and teacher outputs of every split, the teacher running only on cache misses."""
     from crdtool.data.images import load_image
     from crdtool.data.transforms import eval_transform
 
     out = {}
-    for name, files in split_files(s).items():
+    for name, files in (sets or split_files(s)).items():
         xs, ts = [], []
         t0, misses0 = time.perf_counter(), cache.misses
         for i in range(0, len(files), 4):
@@ -167,6 +196,8 @@ def build_splits(s: Settings, cache) -> dict[str, Split]:
             x = torch.stack([eval_transform(load_image(f), s.size) for f in chunk])
             ts.append(cache.outputs(chunk, x, VIEW))
             xs.append(x)
+            if cache.misses > misses0 and (i // 4) % 25 == 24:
+                log(f"split {name}: {i + len(chunk)}/{len(files)} images ({time.perf_counter() - t0:.0f} s)")
         log(f"split {name}: {len(files)} images, {cache.misses - misses0} translated by the teacher "
             f"({time.perf_counter() - t0:.0f} s)")
         out[name] = Split(files, torch.cat(xs), torch.cat(ts))
@@ -191,7 +222,8 @@ def student_gmacs(s: Settings) -> float:
 
 def arm_terms(arm: str) -> set[str]:
     return {"pixel": {"pixel"}, "pixel_plain": {"pixel"}, "vgg": {"vgg"}, "crd": {"crd"},
-            "crd_vgg": {"crd", "vgg"}, "crd_vgg_gan": {"crd", "vgg", "gan"}, "rkd_vgg": {"rkd", "vgg"}}[arm]
+            "crd_vgg": {"crd", "vgg"}, "crd_vgg_gan": {"crd", "vgg", "gan"}, "rkd_vgg": {"rkd", "vgg"},
+            "pixel_gan": {"pixel", "gan"}, "pixel_crd_vgg_gan": {"pixel", "crd", "vgg", "gan"}}[arm]
 
 
 class Losses:
@@ -348,14 +380,32 @@ class Scorer:
         return feats
 
     def score(self, name: str, outputs: torch.Tensor) -> dict[str, float]:
-        from crdtool.metrics import frechet_distance_from_features, kernel_inception_distance
-
+        """Paired: outputs on the first ``fid_images`` testA photos vs the teacher's outputs on the same photos."""
         n = self.s.fid_images
         ref = self.features(f"teacher-testA-n{n}", self.splits["test"].teacher[:n])
-        feats = self.features(f"{name}-n{n}", outputs[:n])
-        kid, kid_std = kernel_inception_distance(feats, ref, num_subsets=100, subset_size=min(50, n))
-        return {"fid_to_teacher": frechet_distance_from_features(feats, ref), "kid_to_teacher": kid,
-                "kid_std": kid_std}
+        return self._distances(self.features(f"{name}-n{n}", outputs[:n]), ref, "")
+
+    def score_dist(self, name: str, outputs: torch.Tensor) -> dict[str, float]:
+        """Distribution: outputs on the held-out set E vs the teacher's outputs on the disjoint set R."""
+        n = self.s.dist_fid_images
+        ref = self.features(f"teacher-heldout-reference-dist{n}", self.heldout()[1].teacher)
+        return self._distances(self.features(f"{name}-dist{n}", outputs), ref, "dist_")
+
+    def heldout(self) -> tuple[Split, Split]:
+        if "heldout-evaluated" not in self.splits:
+            from crdtool.train.teacher_cache import TeacherCache
+
+            e, r = heldout_sets(self.s, TeacherCache(load_teacher(self.s), self.s.cache_dir))
+            self.splits.update({"heldout-evaluated": e, "heldout-reference": r})
+        return self.splits["heldout-evaluated"], self.splits["heldout-reference"]
+
+    @staticmethod
+    def _distances(feats: np.ndarray, ref: np.ndarray, kind: str) -> dict[str, float]:
+        from crdtool.metrics import frechet_distance_from_features, kernel_inception_distance
+
+        kid, kid_std = kernel_inception_distance(feats, ref, num_subsets=100, subset_size=min(200, len(ref)))
+        return {f"fid_{kind}to_teacher": frechet_distance_from_features(feats, ref), f"kid_{kind}to_teacher": kid,
+                f"kid_{kind}std": kid_std}
 
 
 @torch.no_grad()
@@ -392,7 +442,8 @@ def run_arm(s: Settings, arm: str, seed: int, splits: dict[str, Split], perceptu
 
 
 def score_fid(s: Settings, splits: dict[str, Split], scorer: Scorer, seeds: list[int]) -> None:
-    """Add FID/KID to every finished run of ``seeds`` that lacks them (resumable, one run at a time)."""
+    """Add paired and distribution FID/KID to every finished run of ``seeds`` that lacks them (resumable,
+    one run at a time: Inception is the slow part)."""
     from crdtool.fileio import write_json_atomic
     from crdtool.models.checkpoints import load_generator
 
@@ -402,13 +453,18 @@ def score_fid(s: Settings, splits: dict[str, Split], scorer: Scorer, seeds: list
             if not done.is_file():
                 continue
             row = json.loads(done.read_text())
-            if "fid_to_teacher" in row:
+            dist = s.dist_fid_images > 0 and "fid_dist_to_teacher" not in row
+            if "fid_to_teacher" in row and not dist:
                 continue
             student = load_generator(run_dir(s, arm, seed) / "student.safetensors")
             name = f"{arm}-seed{seed}" + ("" if s.steps == Settings.steps else f"-{s.steps}steps")
-            row.update(_round(scorer.score(name, translate(student, splits["test"].inputs))))
+            if "fid_to_teacher" not in row:
+                row.update(_round(scorer.score(name, translate(student, splits["test"].inputs))))
+            if dist:
+                row.update(_round(scorer.score_dist(name, translate(student, scorer.heldout()[0].inputs))))
             write_json_atomic(done, row)
-            log(f"{arm} seed {seed}: FID {row['fid_to_teacher']:.2f}, KID {row['kid_to_teacher']:.4f}")
+            log(f"{arm} seed {seed}: FID {row['fid_to_teacher']:.2f} paired, "
+                f"{row.get('fid_dist_to_teacher', float('nan')):.2f} distribution")
 
 
 def _round(d: dict[str, Any], n: int = 5) -> dict[str, Any]:
@@ -428,6 +484,12 @@ def references(s: Settings, splits: dict[str, Split], scorer: Scorer | None = No
         out["input"].update(_round(scorer.score("input-testA", test.inputs)))
         out["teacher_ref_split"].update(_round(scorer.score("teacher-train", splits["train"].teacher)))
         out["fid_images"] = s.fid_images
+    if scorer is not None and s.dist_fid_images > 0 and "fid_dist_to_teacher" not in out["input"]:
+        evaluated, _ = scorer.heldout()
+        out["input"].update(_round(scorer.score_dist("input-heldout-evaluated", evaluated.inputs)))
+        # the floor: the teacher's own outputs on E against its outputs on R (two samples of one distribution)
+        out["teacher_ref_split"].update(_round(scorer.score_dist("teacher-heldout-evaluated", evaluated.teacher)))
+        out["dist_fid_images"] = s.dist_fid_images
     write_json_atomic(cached, out)
     return out
 
@@ -541,7 +603,8 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
             continue
         entry: dict[str, Any] = {"label": ARMS[arm], "seeds": [r["seed"] for r in mine],
                                  "residual_student": arm != "pixel_plain"}
-        for k in ("psnr_vs_teacher", "ssim_vs_teacher", "fid_to_teacher", "kid_to_teacher"):
+        for k in ("psnr_vs_teacher", "ssim_vs_teacher", "fid_to_teacher", "kid_to_teacher", "fid_dist_to_teacher",
+                  "kid_dist_to_teacher"):
             have = [r for r in mine if k in r]  # FID/KID are scored after a seed's arms are trained
             m, sd = mean_std([r[k] for r in have])
             entry[k] = None if not have else round(m, 5)
@@ -571,6 +634,16 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
                            fid_met_by_best_psnr_arm=(b["fid_to_teacher"] is not None
                                                      and b["fid_to_teacher"] <= half_gap),
                            fid_met_by_best_fid_arm=arms[best_fid]["fid_to_teacher"] <= half_gap)
+        dist = [a for a in arms if arms[a]["fid_dist_to_teacher"] is not None]
+        if dist and "fid_dist_to_teacher" in floor:
+            # distribution FID: every row is scored against the same reference set, the floor included
+            gap_target = inp["fid_dist_to_teacher"] - 0.5 * (inp["fid_dist_to_teacher"] - floor["fid_dist_to_teacher"])
+            best_dist = min(dist, key=lambda a: arms[a]["fid_dist_to_teacher"])
+            targets.update(fid_dist_floor=floor["fid_dist_to_teacher"], fid_dist_target=round(gap_target, 3),
+                           best_arm_by_fid_dist=best_dist,
+                           fid_dist_met_by_best_psnr_arm=(b["fid_dist_to_teacher"] is not None
+                                                          and b["fid_dist_to_teacher"] <= gap_target),
+                           fid_dist_met_by_best_arm=arms[best_dist]["fid_dist_to_teacher"] <= gap_target)
     settings = {k: (rel(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
     return {"format": RESULT_FORMAT, "version": 1, "settings": settings, "teacher": teacher_info,
             "student": {"arch": student_spec("pixel", s).describe(), "gmacs_256": student_gmacs(s),
@@ -584,7 +657,11 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
                              f"averaged over all 100. FID/KID of outputs vs the teacher's outputs on the first "
                              f"{s.fid_images} testA photos (TF-Inception pool3, {s.fid_images} vs {s.fid_images}: "
                              f"exact low-rank FID; KID 100 subsets of {min(50, s.fid_images)}); the floor row: the "
-                             f"teacher's outputs on the first {s.fid_images} training photos vs those on testA")}
+                             f"teacher's outputs on the first {s.fid_images} training photos vs those on testA. "
+                             f"Distribution FID/KID: outputs on {s.dist_fid_images} held-out photos (E: testA, then "
+                             f"the trainA photos after the first {s.train_images}) vs the teacher's outputs on "
+                             f"{s.dist_fid_images} other held-out trainA photos (R); its floor row is the teacher's "
+                             f"own outputs on E (KID: 100 subsets of {min(200, s.dist_fid_images)})")}
 
 
 def command_line() -> str:
@@ -599,26 +676,34 @@ def write_markdown(res: dict, path: Path) -> None:
     stu = res["student"]
     lines = [f"# Real teacher (vintagify CycleGAN, 56.80G) -> {stu['arch']} student ({stu['gmacs_256']:.3f}G), "
              "testA", "",
-             f"| row | PSNR vs teacher (dB) | SSIM vs teacher | FID to teacher (n={res['settings']['fid_images']}) | "
-             f"KID to teacher | seeds |",
-             "|---|---|---|---|---|---|"]
+             f"| row | PSNR vs teacher (dB) | SSIM vs teacher | FID paired (n={res['settings']['fid_images']}) | "
+             f"KID paired | FID distribution (n={res['settings']['dist_fid_images']}) | KID distribution | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
     refs = res["references"]
     inp, floor = refs["input"], refs["teacher_ref_split"]
     lines.append(f"| untranslated input | {_f(inp['psnr_vs_teacher'])} | {_f(inp['ssim_vs_teacher'], 4)} | "
-                 f"{_f(inp.get('fid_to_teacher'))} | {_f(inp.get('kid_to_teacher'), 4)} | - |")
-    lines.append(f"| teacher on 50 of its training photos (other photos than testA's; the FID of other content) | - | - | "
-                 f"{_f(floor.get('fid_to_teacher'))} | {_f(floor.get('kid_to_teacher'), 4)} | - |")
+                 f"{_f(inp.get('fid_to_teacher'))} | {_f(inp.get('kid_to_teacher'), 4)} | "
+                 f"{_f(inp.get('fid_dist_to_teacher'))} | {_f(inp.get('kid_dist_to_teacher'), 4)} | - |")
+    lines.append(f"| the teacher itself (paired: on 50 of its training photos, other content than testA's; "
+                 f"distribution: on E) | - | - | {_f(floor.get('fid_to_teacher'))} | "
+                 f"{_f(floor.get('kid_to_teacher'), 4)} | {_f(floor.get('fid_dist_to_teacher'))} | "
+                 f"{_f(floor.get('kid_dist_to_teacher'), 4)} | - |")
     for arm, a in res["arms"].items():
         def ms(k: str, d: int) -> str:
             sd = a.get(k + "_std")
             return _f(a[k], d) + (f" ± {_f(sd, d)}" if sd is not None else "")
         lines.append(f"| {arm}: {a['label']} | {ms('psnr_vs_teacher', 2)} | {ms('ssim_vs_teacher', 4)} | "
-                     f"{ms('fid_to_teacher', 2)} | {ms('kid_to_teacher', 4)} | {len(a['seeds'])} |")
+                     f"{ms('fid_to_teacher', 2)} | {ms('kid_to_teacher', 4)} | {ms('fid_dist_to_teacher', 2)} | "
+                     f"{ms('kid_dist_to_teacher', 4)} | {len(a['seeds'])} |")
     t = res.get("targets")
     if t:
         fid = (f"FID <= {t['fid_target']} (half the gap from the input to a floor of {t['fid_floor_used']}) "
                f"{'met' if t['fid_met_by_best_fid_arm'] else 'MISSED'} by the best arm by FID "
                f"(**{t['best_arm_by_fid']}**)." if "fid_target" in t else "FID: not scored yet.")
+        if "fid_dist_target" in t:
+            fid += (f" Distribution FID <= {t['fid_dist_target']} (half the gap from the input to the teacher's own "
+                    f"floor of {_f(t['fid_dist_floor'])}) {'met' if t['fid_dist_met_by_best_arm'] else 'MISSED'} "
+                    f"by the best arm by distribution FID (**{t['best_arm_by_fid_dist']}**).")
         lines += ["", f"Best arm by PSNR: **{t['best_arm_by_psnr']}**. "
                   f"Targets: PSNR >= {t['psnr_target_db']} dB {'met' if t['psnr_met'] else 'MISSED'}; "
                   f"SSIM above the input's {'met' if t['ssim_met'] else 'MISSED'}; {fid}"]
@@ -677,7 +762,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=Settings.lr)
     p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
     p.add_argument("--log-every", type=int, default=Settings.log_every)
-    p.add_argument("--fid-images", type=int, default=Settings.fid_images)
+    p.add_argument("--fid-images", type=int, default=Settings.fid_images,
+                   help="paired FID: the first N testA photos, each scored against the teacher's output of it")
+    p.add_argument("--dist-fid-images", type=int, default=Settings.dist_fid_images,
+                   help="distribution FID: outputs on N held-out photos vs the teacher on N others (0: off)")
     p.add_argument("--train-images", type=int, default=Settings.train_images)
     p.add_argument("--threads", type=int, default=Settings.threads)
     p.add_argument("--no-latency", action="store_true")
@@ -685,11 +773,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=Settings.work_dir, help="references, timings and exports")
     p.add_argument("--cache-dir", type=Path, default=Settings.cache_dir, help="the teacher's cached outputs")
     p.add_argument("--aggregate-only", action="store_true", help="rewrite the result files from finished runs")
+    p.add_argument("--score-only", action="store_true", help="score the finished runs' missing FID/KID, then "
+                   "rewrite the result files; trains nothing")
     a = p.parse_args(argv)
     s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
                  crop=a.crop, lr=a.lr, colour_skip=not a.no_colour_skip,
                  train_images=a.train_images, threads=a.threads, latency=not a.no_latency, log_every=a.log_every,
-                 fid_images=a.fid_images,
+                 fid_images=a.fid_images, dist_fid_images=a.dist_fid_images,
                  results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),
                  cache_dir=a.cache_dir.resolve())
     torch.set_num_threads(s.threads)
@@ -701,6 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     scorer = Scorer(s, splits)
     refs = references(s, splits)
     log(f"references: input {refs['input']}")
+    if a.score_only:
+        refs = references(s, splits, scorer)
+        score_fid(s, splits, scorer, s.seeds)
+        a.aggregate_only = True
     perceptual = None if a.aggregate_only else build_perceptual(s)
     speed = cache_speedup(s, teacher, splits, perceptual) if perceptual else {}
     if not speed and (s.work_dir / "cache_speedup.json").is_file():

@@ -1,0 +1,120 @@
+"""What do FID and KID to the vintagify teacher reward? Known edits of the teacher's own output, scored
+the two ways benchmarks/real_teacher.py scores its students.
+
+Rows (each scored against the teacher's outputs):
+
+  input                    the untranslated photo
+  colour_per_image         a 3x3 + offset colour map fitted per photo from input to teacher (28 dB PSNR)
+  colour_per_image+detail  that map's low band plus the teacher's own high band (Gaussian sigma 1)
+  teacher_blur_0.5/1.0     the teacher's output, Gaussian-blurred (sigma in pixels at 256 px)
+  teacher_noise_0.02       the teacher's output plus Gaussian noise (sigma 0.02 of the [0, 1] range)
+
+Paired: on the first 50 testA photos, each vs the teacher's output of the same photo. Distribution:
+on the 400 held-out photos E vs the teacher on the 400 others R (see real_teacher.py). A row's PSNR
+and SSIM are per image vs the teacher on the paired photos. Inception features are cached in
+real_teacher's work folder, so a re-run only recomputes what changed.
+
+    python benchmarks/fid_sensitivity.py          # data: ../shared/data/photo2anime (real_teacher's default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import colour_ceiling as cc  # noqa: E402
+import real_teacher as rt  # noqa: E402
+
+
+def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur, reflect padding, kernel 2*round(3 sigma)+1."""
+    k = 2 * round(3 * sigma) + 1
+    r = torch.arange(k, dtype=img.dtype) - k // 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    c = img.shape[1]
+    out = F.pad(img, (k // 2,) * 4, mode="reflect")
+    out = F.conv2d(out, g.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(out, g.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def colour_per_image(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.cat([cc.apply_map(cc.fit_map(a[None], b[None]), a[None]) for a, b in zip(x, t)])
+
+
+def edits(seed: int = 0) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """name -> f(inputs, teacher outputs) in [-1, 1]."""
+    def noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return (t + 2 * 0.02 * torch.randn(t.shape, generator=g)).clamp(-1, 1)
+
+    def detail(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (gaussian_blur(colour_per_image(x, t), 1.0) + t - gaussian_blur(t, 1.0)).clamp(-1, 1)
+
+    return {"input": lambda x, t: x,
+            "colour_per_image": colour_per_image,
+            "colour_per_image+detail": detail,
+            "teacher_blur_0.5": lambda x, t: gaussian_blur(t, 0.5),
+            "teacher_blur_1.0": lambda x, t: gaussian_blur(t, 1.0),
+            "teacher_noise_0.02": noise}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from crdtool.bench.env import cpu_info, library_versions, load_avg
+    from crdtool.fileio import write_json_atomic
+    from crdtool.train.teacher_cache import TeacherCache
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=rt.Settings.data)
+    p.add_argument("--out", type=Path, default=rt.RESULTS / "fid_sensitivity")
+    a = p.parse_args(argv)
+    s = rt.Settings(data=a.data.resolve())
+    torch.set_num_threads(s.threads)
+    splits = rt.build_splits(s, TeacherCache(rt.load_teacher(s), s.cache_dir))
+    scorer = rt.Scorer(s, splits)
+    test, n = splits["test"], s.fid_images
+    evaluated, _ = scorer.heldout()
+    rows = {}
+    for name, edit in edits().items():
+        paired = edit(test.inputs[:n], test.teacher[:n])
+        row = {k: round(v, 4) for k, v in rt.fidelity_scores(paired, test.teacher[:n]).items()}
+        # the input's features are the ones real_teacher.py caches for its reference row
+        paired_name, dist_name = (("input-testA", "input-heldout-evaluated") if name == "input"
+                                  else (f"edit-{name}", f"edit-{name}"))
+        row.update(scorer.score(paired_name, paired))
+        row.update(scorer.score_dist(dist_name, edit(evaluated.inputs, evaluated.teacher)))
+        rows[name] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
+        rt.log(f"{name}: {rows[name]}")
+    refs = rt.references(s, splits, scorer)
+    res = {"format": "crdtool.fid-sensitivity", "version": 1,
+           "what": (f"known edits of the vintagify teacher's output scored against it: paired FID/KID on the first "
+                    f"{n} testA photos, distribution FID/KID on {s.dist_fid_images} held-out photos vs the teacher "
+                    f"on {s.dist_fid_images} others; PSNR/SSIM per image on the paired photos"),
+           "teacher_floor": {k: v for k, v in refs["teacher_ref_split"].items() if "dist" in k},
+           "rows": rows, "host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
+           "command": " ".join(["python benchmarks/fid_sensitivity.py", *(argv if argv is not None else sys.argv[1:])])}
+    write_json_atomic(a.out.with_suffix(".json"), res)
+    lines = ["# What FID to the vintagify teacher rewards: edits of the teacher's own output", "",
+             f"| edit | PSNR (dB) | SSIM | FID paired (n={n}) | KID paired | "
+             f"FID distribution (n={s.dist_fid_images}) | KID distribution |", "|---|---|---|---|---|---|---|"]
+    for k, v in rows.items():
+        lines.append(f"| {k} | {v['psnr_vs_teacher']:.2f} | {v['ssim_vs_teacher']:.4f} | {v['fid_to_teacher']:.2f} | "
+                     f"{v['kid_to_teacher']:.4f} | {v['fid_dist_to_teacher']:.2f} | {v['kid_dist_to_teacher']:.4f} |")
+    floor = res["teacher_floor"]
+    lines += ["", f"The teacher itself, distribution protocol (its outputs on E vs on R): FID "
+              f"{floor.get('fid_dist_to_teacher', float('nan')):.2f}, KID {floor.get('kid_dist_to_teacher', float('nan')):.4f}.",
+              "", res["what"] + f". Host: {res['host']['cpu']}, load {res['host']['load_avg']}; "
+              f"made by `{res['command']}`."]
+    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
