@@ -73,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=rt.Settings.data)
     p.add_argument("--out", type=Path, default=rt.RESULTS / "fid_sensitivity")
+    p.add_argument("--no-dist", action="store_true", help="paired FID/KID only (the distribution form costs "
+                   "Inception on 400 images per edit)")
     a = p.parse_args(argv)
-    s = rt.Settings(data=a.data.resolve())
+    s = rt.Settings(data=a.data.resolve(), dist_fid_images=0 if a.no_dist else rt.Settings.dist_fid_images)
     torch.set_num_threads(s.threads)
     splits = rt.build_splits(s, TeacherCache(rt.load_teacher(s), s.cache_dir))
     scorer = rt.Scorer(s, splits)
     test, n = splits["test"], s.fid_images
-    evaluated, _ = scorer.heldout()
+    evaluated = scorer.heldout()[0] if s.dist_fid_images else None
     rows = {}
     for name, edit in edits().items():
         paired = edit(test.inputs[:n], test.teacher[:n])
@@ -88,14 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         paired_name, dist_name = (("input-testA", "input-heldout-evaluated") if name == "input"
                                   else (f"edit-{name}", f"edit-{name}"))
         row.update(scorer.score(paired_name, paired))
-        row.update(scorer.score_dist(dist_name, edit(evaluated.inputs, evaluated.teacher)))
+        if evaluated is not None:
+            row.update(scorer.score_dist(dist_name, edit(evaluated.inputs, evaluated.teacher)))
         rows[name] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
         rt.log(f"{name}: {rows[name]}")
-    refs = rt.references(s, splits, scorer)
+    refs = rt.references(s, splits)
     res = {"format": "crdtool.fid-sensitivity", "version": 1,
            "what": (f"known edits of the vintagify teacher's output scored against it: paired FID/KID on the first "
-                    f"{n} testA photos, distribution FID/KID on {s.dist_fid_images} held-out photos vs the teacher "
-                    f"on {s.dist_fid_images} others; PSNR/SSIM per image on the paired photos"),
+                    f"{n} testA photos" + (f", distribution FID/KID on {s.dist_fid_images} held-out photos vs the "
+                                           f"teacher on {s.dist_fid_images} others" if s.dist_fid_images else "")
+                    + "; PSNR/SSIM per image on the paired photos"),
            "teacher_floor": {k: v for k, v in refs["teacher_ref_split"].items() if "dist" in k},
            "rows": rows, "host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
            "command": " ".join(["python benchmarks/fid_sensitivity.py", *(argv if argv is not None else sys.argv[1:])])}
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
              f"FID distribution (n={s.dist_fid_images}) | KID distribution |", "|---|---|---|---|---|---|---|"]
     for k, v in rows.items():
         lines.append(f"| {k} | {v['psnr_vs_teacher']:.2f} | {v['ssim_vs_teacher']:.4f} | {v['fid_to_teacher']:.2f} | "
-                     f"{v['kid_to_teacher']:.4f} | {v['fid_dist_to_teacher']:.2f} | {v['kid_dist_to_teacher']:.4f} |")
+                     f"{v['kid_to_teacher']:.4f} | {rt._f(v.get('fid_dist_to_teacher'))} | "
+                     f"{rt._f(v.get('kid_dist_to_teacher'), 4)} |")
     floor = res["teacher_floor"]
     lines += ["", f"The teacher itself, distribution protocol (its outputs on E vs on R): FID "
               f"{floor.get('fid_dist_to_teacher', float('nan')):.2f}, KID {floor.get('kid_dist_to_teacher', float('nan')):.4f}.",
