@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     s = rt.Settings(data=a.data.resolve(), dist_fid_images=0 if a.no_dist else rt.Settings.dist_fid_images)
     torch.set_num_threads(s.threads)
-    splits = rt.build_splits(s, TeacherCache(rt.load_teacher(s), s.cache_dir))
-    scorer = rt.Scorer(s, splits)
+    cache = TeacherCache(rt.load_teacher(s), s.cache_dir)
+    splits = rt.build_splits(s, cache)
+    scorer = rt.Scorer(s, splits, cache)
     test, n = splits["test"], s.fid_images
     evaluated = scorer.heldout()[0] if s.dist_fid_images else None
     rows = {}

@@ -359,8 +359,8 @@ class Scorer:
     """FID/KID against the teacher's testA outputs. Inception is the expensive part on a shared CPU
     (~100x a student's forward), so features are kept on disk per name and scoring runs after training."""
 
-    def __init__(self, s: Settings, splits: dict[str, Split]):
-        self.s, self.splits = s, splits
+    def __init__(self, s: Settings, splits: dict[str, Split], cache):
+        self.s, self.splits, self.cache = s, splits, cache
         self._inception = None
 
     def features(self, name: str, images: torch.Tensor) -> np.ndarray:
@@ -393,9 +393,7 @@ class Scorer:
 
     def heldout(self) -> tuple[Split, Split]:
         if "heldout-evaluated" not in self.splits:
-            from crdtool.train.teacher_cache import TeacherCache
-
-            e, r = heldout_sets(self.s, TeacherCache(load_teacher(self.s), self.s.cache_dir))
+            e, r = heldout_sets(self.s, self.cache)
             self.splits.update({"heldout-evaluated": e, "heldout-reference": r})
         return self.splits["heldout-evaluated"], self.splits["heldout-reference"]
 
@@ -788,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = load_teacher(s)
     cache = TeacherCache(teacher, s.cache_dir)
     splits = build_splits(s, cache)
-    scorer = Scorer(s, splits)
+    scorer = Scorer(s, splits, cache)
     refs = references(s, splits)
     log(f"references: input {refs['input']}")
     if a.score_only:
