@@ -155,10 +155,11 @@ class TrainConfig(RecipeSection):
     pool_size: int = Field(50, ge=0)
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many student steps (smoke runs)")
     teacher_cache: Literal["auto", "disk", "memory", "off"] = Field("auto", description=(
-        "pretrained teacher, folder layout: translate each training image once (whole, at data.load_size) and "
-        "cut the student's crops from that output. auto = disk (the run folder's teacher_cache/, reused on "
-        "resume) for a pretrained teacher on a folder layout, else off; memory: in RAM only; off: the teacher "
-        "runs on every crop"))
+        "translate each training image once (whole, at data.load_size) with the frozen teacher and cut the "
+        "student's crops from that output. auto = disk (the run folder's teacher_cache/, reused on resume) for "
+        "a pretrained teacher on a folder layout, else off; memory: in RAM only, also for an online CycleGAN "
+        "teacher, whose outputs are reused through each round's student epochs and dropped when the teacher "
+        "changes; off: the teacher runs on every crop"))
     eval_every: int = Field(500, ge=1, description="student steps between evaluations")
     checkpoint_every: int = Field(500, ge=1, description="steps (teacher+student) between checkpoints")
     keep_checkpoints: int = Field(1, ge=1)

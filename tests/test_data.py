@@ -114,7 +114,18 @@ def test_synth_cli(tmp_path: Path):
 def test_unaligned_shapes_range_and_length(unpaired: Path, tmp_path: Path):
     ds = UnalignedDataset(unpaired, "train", seed=0, **SMALL)
     s = ds[0]
-    assert set(s) == {"A", "B", "A_path", "B_path"}
+    assert set(s) == {"A", "B", "A_path", "B_path", "A_crop"}
+    # A_crop says where A was cut: the same cut of the whole resized image (what a teacher cache relies on)
+    from crdtool.data.images import load_image
+    from crdtool.data.transforms import eval_transform
+    from crdtool.train.teacher_cache import crop
+
+    for i in range(4):
+        item = ds[i]
+        top, left, flip = item["A_crop"].tolist()
+        whole = eval_transform(load_image(item["A_path"]), SMALL["load_size"])
+        assert torch.equal(crop(whole, top, left, SMALL["crop_size"], bool(flip)), item["A"])
+    assert set(UnalignedDataset(unpaired, "test", train=False, seed=0, **SMALL)[0]) == {"A", "B", "A_path", "B_path"}
     for k in "AB":
         assert s[k].shape == (3, 32, 32) and s[k].dtype == torch.float32
         assert -1.0 <= s[k].min() < s[k].max() <= 1.0

@@ -297,3 +297,41 @@ def test_teacher_cache_is_bypassed_for_a_batch_statistics_teacher(tmp_path, cach
 def test_teacher_cache_still_serves_an_instance_norm_teacher(tmp_path):
     d = Distiller(_folder_teacher_recipe(tmp_path, "instance", "memory"))
     assert d.teacher_cache is not None and not any("teacher cache: off" in n for n in d.notes)
+
+
+def test_online_teacher_cache_translates_each_image_once_per_round(tmp_path):
+    """An online CycleGAN teacher is frozen through a round's student epochs, so the cache serves its outputs
+    there; the next round's teacher is translated afresh, never answered with the last round's outputs."""
+    from crdtool.train.teacher_cache import crop, weights_digest
+
+    r = tiny_recipe(tmp_path, train={"teacher_epochs": 1, "teacher_epochs_decay": 1, "round_epochs": 1,
+                                     "student_epochs_per_round": 2, "teacher_cache": "memory"})
+    distill.prepare_data(r)
+    d = Distiller(r)
+    assert any("once per round" in n for n in d.notes)
+    images = len(d.train_set)
+    d.run()
+    cache = d.teacher_cache
+    # two rounds; in each, the first student epoch translates every image and the second reuses them all
+    assert cache.misses == 2 * images and cache.hits == 2 * images
+    assert cache.digest == weights_digest(d.nets.teacher)
+    # what the student is given: the teacher's output of the whole resized image, cut where A was cut
+    batch = first_batch(d)
+    served = d.steps["student"].teacher_outputs(batch, batch["A"])
+    from crdtool.data.images import load_image
+    from crdtool.data.transforms import eval_transform
+
+    top, left, flip = batch["A_crop"][0].tolist()
+    with torch.no_grad():
+        whole = d.nets.teacher.eval()(eval_transform(load_image(batch["A_path"][0]), r.data.load_size)[None])
+    torch.testing.assert_close(served[0], crop(whole[0], top, left, r.data.crop_size, bool(flip)),
+                               atol=2e-3, rtol=0)  # float16 storage
+
+
+def test_online_teacher_cache_choices(tmp_path):
+    """auto leaves an online teacher uncached (as before); disk is refused with one line that says why."""
+    r = tiny_recipe(tmp_path)
+    distill.prepare_data(r)
+    assert Distiller(r).teacher_cache is None
+    with pytest.raises(CrdError, match='teacher_cache = "disk".*online'):
+        Distiller(tiny_recipe(tmp_path, train={"teacher_cache": "disk"}))

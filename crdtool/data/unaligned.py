@@ -6,13 +6,16 @@ from pathlib import Path
 
 import torch
 from crdtool.data.base import LayoutDataset
-from crdtool.data.transforms import eval_transform, resolve_key, sample_rng, train_transform
+from crdtool.data.transforms import (apply_params, eval_transform, resolve_key, sample_params, sample_rng,
+                                     train_transform)
 
 LAYOUT = "an unaligned dataset needs root/trainA, root/trainB, root/testA, root/testB (CycleGAN layout)"
 
 
 class UnalignedDataset(LayoutDataset):
-    """Item i -> dict(A, B, A_path, B_path); A is the input domain (BtoA swaps the folders).
+    """Item i -> dict(A, B, A_path, B_path), and in training A_crop: the (y, x, flip) of A's random crop, so a
+    frozen teacher's cached output of the whole image can be cut the same way. A is the input domain (BtoA
+    swaps the folders).
 
     Length is max(len A, len B) like the reference; A cycles with i, B is drawn at random in training
     (from the sample's own RNG, seeded by (seed, epoch, i)) and is i % len(B) otherwise.
@@ -38,10 +41,12 @@ class UnalignedDataset(LayoutDataset):
             b_index = rng.randrange(len(self.files_B))
             img_a, path_a = self.files_A.load(i % len(self.files_A))
             img_b, path_b = self.files_B.load(b_index)
-            a = train_transform(img_a, rng, self.load_size, self.crop_size)
+            params = sample_params(rng, self.load_size, self.crop_size)  # the draws train_transform makes
+            a = apply_params(img_a, params, self.load_size, self.crop_size)
             b = train_transform(img_b, rng, self.load_size, self.crop_size)
-        else:
-            img_a, path_a = self.files_A.load(i % len(self.files_A))
-            img_b, path_b = self.files_B.load(i % len(self.files_B))
-            a, b = eval_transform(img_a, self.crop_size), eval_transform(img_b, self.crop_size)
+            return {"A": a, "B": b, "A_path": str(path_a), "B_path": str(path_b),
+                    "A_crop": torch.tensor([params.y, params.x, int(params.flip)])}
+        img_a, path_a = self.files_A.load(i % len(self.files_A))
+        img_b, path_b = self.files_B.load(i % len(self.files_B))
+        a, b = eval_transform(img_a, self.crop_size), eval_transform(img_b, self.crop_size)
         return {"A": a, "B": b, "A_path": str(path_a), "B_path": str(path_b)}

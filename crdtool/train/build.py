@@ -99,30 +99,38 @@ def make_teacher_cache(recipe: Recipe, nets: Networks, kind: str, run_dir: Path,
                        notes: list[str]) -> TeacherCache | None:
     """A cache of the frozen teacher's whole-image outputs (train.teacher_cache), or None.
 
-    Bypassed for a teacher that normalises with batch statistics (teacher.batchnorm_stats = "batch" and
-    BatchNorm layers): its output for an image depends on the batch around it, so one per image is wrong.
+    A pretrained teacher: in memory and, by default, on disk. An online CycleGAN teacher is frozen through
+    each round's student epochs, so its outputs can be reused there too: in memory only (the loop hands the
+    cache each round's teacher, and a changed one drops the old entries). Bypassed for a teacher that
+    normalises with batch statistics (teacher.batchnorm_stats = "batch" and BatchNorm layers): its output for
+    an image depends on the batch around it, so one per image is wrong.
     """
     mode, d, src = recipe.train.teacher_cache, recipe.data, recipe.source or "recipe"
-    cacheable = kind == "pretrained" and recipe.task != "pix2pix"
+    online = kind == "cyclegan"
     if mode == "auto":
-        mode = "disk" if cacheable and d.layout == "folder" else "off"
+        mode = "disk" if kind == "pretrained" and d.layout == "folder" else "off"
     if mode == "off":
         return None
-    if not cacheable:
-        raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs a pretrained CycleGAN teacher "
-                       f"(teacher.checkpoint); an online teacher changes every step")
-    if d.layout != "folder":
-        raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs data.layout = \"folder\" "
-                       f"(its samples say where each crop was cut)")
+    if kind not in ("pretrained", "cyclegan") or recipe.task == "pix2pix":
+        raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs a CycleGAN teacher, pretrained "
+                       f"(teacher.checkpoint) or online; a Pix2Pix teacher trains with its student every step")
+    if online and mode == "disk":
+        raise CrdError(f"{src}: train.teacher_cache = \"disk\" keeps a pretrained teacher's outputs; an online "
+                       f"teacher changes every round: use \"memory\"")
+    if d.layout not in ("folder", "unaligned"):
+        raise CrdError(f"{src}: train.teacher_cache = \"{mode}\" needs data.layout = \"folder\" or "
+                       f"\"unaligned\" (their samples say where each crop was cut)")
     if nets.teacher_batchnorm_layers:
         notes.append("teacher cache: off, the teacher normalises with each batch's statistics "
                      "(teacher.batchnorm_stats = \"batch\"), so its output for an image depends on the batch")
         return None
     folder = run_dir / "teacher_cache" if mode == "disk" else None
     where = f"on disk in {folder}" if folder is not None else "in memory"
-    notes.append(f"teacher cache: each training image is translated once, whole at {d.load_size} px, and "
+    when = " once per round (the online teacher is frozen through the round's student epochs)" if online else \
+        " once"
+    notes.append(f"teacher cache: each training image is translated{when}, whole at {d.load_size} px, and "
                  f"kept {where}; the student's crops are cut from that output")
-    return TeacherCache(nets.G_A, folder)
+    return TeacherCache(nets.teacher, folder)
 
 
 def build_run(recipe: Recipe, rt: Runtime, run_dir: Path) -> RunParts:

@@ -180,6 +180,8 @@ class Distiller:
             return False
         while p.phase < len(sched.phases):
             phase = sched.phases[p.phase]
+            if phase.kind == "student" and self.teacher_cache is not None:
+                self.teacher_cache.use(self.nets.teacher)  # this round's teacher (it changes between rounds)
             while p.epoch_in_phase < phase.epochs:
                 self.opts.set_lrs(*sched.learning_rates(phase, p))
                 for batch in self._batches(phase.kind, p.epoch_of(phase), p.batch_in_epoch):

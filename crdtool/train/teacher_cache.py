@@ -61,6 +61,20 @@ class TeacherCache:
         self._file_digests: dict[tuple[str, int, int], str] = {}
         self.hits = self.misses = self.teacher_calls = 0
 
+    def use(self, teacher: nn.Module) -> bool:
+        """Serve ``teacher`` from now on (an online teacher after a round, or a newly chosen best one); True
+        if its weights differ from the last ones, whose in-memory entries are then dropped (never reused)."""
+        self.teacher = teacher
+        digest = weights_digest(teacher)
+        if digest == self.digest:
+            return False
+        self.digest = digest
+        if self.folder is not None:
+            self.folder = self.folder.parent / digest[:16]
+        if self.memory is not None:
+            self.memory.clear()
+        return True
+
     def key(self, path: str | Path, view: str) -> str:
         path = Path(path)
         st = path.stat()
