@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             row.update(scorer.score_dist(dist_name, edit(evaluated.inputs, evaluated.teacher)))
         rows[name] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
         rt.log(f"{name}: {rows[name]}")
-    refs = rt.references(s, splits)
+    refs = rt.references(s, splits, scorer)  # scores the teacher's floor when no earlier run cached it
     res = {"format": "crdtool.fid-sensitivity", "version": 1,
            "what": (f"known edits of the vintagify teacher's output scored against it: paired FID/KID on the first "
                     f"{n} testA photos" + (f", distribution FID/KID on {s.dist_fid_images} held-out photos vs the "

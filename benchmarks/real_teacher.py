@@ -591,6 +591,18 @@ def mean_std(xs: list[float]) -> tuple[float, float | None]:
     return m, (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
 
 
+def _half_gap(arms: dict, best_psnr: str, key: str, input_value: float, floor_value: float):
+    """The FID target (half the gap from the inputs to the floor), the best arm by ``key``, and whether the
+    best arm by PSNR and the best by ``key`` meet it; None while no arm is scored."""
+    scored = [a for a in arms if arms[a][key] is not None]
+    if not scored:
+        return None
+    target = input_value - 0.5 * (input_value - floor_value)
+    best = min(scored, key=lambda a: arms[a][key])
+    by_psnr = arms[best_psnr][key] is not None and arms[best_psnr][key] <= target
+    return round(target, 3), best, by_psnr, arms[best][key] <= target
+
+
 def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict, teacher_info: dict) -> dict:
     from crdtool.bench.env import cpu_info, library_versions, load_avg
 
@@ -620,28 +632,25 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
                    "psnr_met": b["psnr_vs_teacher"] >= inp["psnr_vs_teacher"] + 1.0,
                    "ssim_met": b["ssim_vs_teacher"] > inp["ssim_vs_teacher"],
                    "stretch_28db_met": b["psnr_vs_teacher"] >= 28.0}
-        scored = [a for a in arms if arms[a]["fid_to_teacher"] is not None]
-        if scored and "fid_to_teacher" in floor:
+        if "fid_to_teacher" in floor:
             # The teacher on other photos is no floor when it scores above the inputs (FID on 50 images is
             # dominated by content, and the inputs share the teacher's content); then the floor is the
             # teacher on the same photos: 0.
             floor_fid = 0.0 if floor["fid_to_teacher"] > inp["fid_to_teacher"] else floor["fid_to_teacher"]
-            half_gap = inp["fid_to_teacher"] - 0.5 * (inp["fid_to_teacher"] - floor_fid)
-            best_fid = min(scored, key=lambda a: arms[a]["fid_to_teacher"])
-            targets.update(fid_floor_used=round(floor_fid, 3), fid_target=round(half_gap, 3), best_arm_by_fid=best_fid,
-                           fid_met_by_best_psnr_arm=(b["fid_to_teacher"] is not None
-                                                     and b["fid_to_teacher"] <= half_gap),
-                           fid_met_by_best_fid_arm=arms[best_fid]["fid_to_teacher"] <= half_gap)
-        dist = [a for a in arms if arms[a]["fid_dist_to_teacher"] is not None]
-        if dist and "fid_dist_to_teacher" in floor:
+            half = _half_gap(arms, best, "fid_to_teacher", inp["fid_to_teacher"], floor_fid)
+            if half:
+                target, best_fid, by_psnr, by_fid = half
+                targets.update(fid_floor_used=round(floor_fid, 3), fid_target=target, best_arm_by_fid=best_fid,
+                               fid_met_by_best_psnr_arm=by_psnr, fid_met_by_best_fid_arm=by_fid)
+        if "fid_dist_to_teacher" in floor:
             # distribution FID: every row is scored against the same reference set, the floor included
-            gap_target = inp["fid_dist_to_teacher"] - 0.5 * (inp["fid_dist_to_teacher"] - floor["fid_dist_to_teacher"])
-            best_dist = min(dist, key=lambda a: arms[a]["fid_dist_to_teacher"])
-            targets.update(fid_dist_floor=floor["fid_dist_to_teacher"], fid_dist_target=round(gap_target, 3),
-                           best_arm_by_fid_dist=best_dist,
-                           fid_dist_met_by_best_psnr_arm=(b["fid_dist_to_teacher"] is not None
-                                                          and b["fid_dist_to_teacher"] <= gap_target),
-                           fid_dist_met_by_best_arm=arms[best_dist]["fid_dist_to_teacher"] <= gap_target)
+            half = _half_gap(arms, best, "fid_dist_to_teacher", inp["fid_dist_to_teacher"],
+                             floor["fid_dist_to_teacher"])
+            if half:
+                target, best_dist, by_psnr, by_fid = half
+                targets.update(fid_dist_floor=floor["fid_dist_to_teacher"], fid_dist_target=target,
+                               best_arm_by_fid_dist=best_dist, fid_dist_met_by_best_psnr_arm=by_psnr,
+                               fid_dist_met_by_best_arm=by_fid)
     settings = {k: (rel(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
     return {"format": RESULT_FORMAT, "version": 1, "settings": settings, "teacher": teacher_info,
             "student": {"arch": student_spec("pixel", s).describe(), "gmacs_256": student_gmacs(s),
