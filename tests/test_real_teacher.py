@@ -46,9 +46,9 @@ def test_cache_second_epoch_does_not_run_the_teacher(tmp_path):
     teacher = CountingTeacher().eval()
     cache = TeacherCache(teacher, tmp_path / "cache")
     first = cache.outputs(paths, x, "resize32")
-    assert teacher.calls == 1 and teacher.images == 4
+    assert teacher.calls == 4 and teacher.images == 4  # one image per forward: batch-independent bits
     again = cache.outputs(paths[::-1], x.flip(0), "resize32")  # another order, as a new epoch would draw
-    assert teacher.calls == 1, "a cached image must not reach the teacher again"
+    assert teacher.calls == 4, "a cached image must not reach the teacher again"
     assert torch.allclose(again.flip(0), first)
     with torch.no_grad():
         direct = teacher.net(x)
@@ -60,6 +60,18 @@ def test_cache_second_epoch_does_not_run_the_teacher(tmp_path):
     cache2 = TeacherCache(teacher2, tmp_path / "cache")
     assert torch.equal(cache2.outputs(paths, x, "resize32"), first)
     assert teacher2.calls == 0
+
+
+def test_cache_use_switches_teacher_and_drops_the_old_entries(tmp_path):
+    """An online teacher's next round: other weights are translated afresh and the old outputs let go."""
+    paths, x = _photos(tmp_path / "img"), _inputs()
+    a, b = CountingTeacher(seed=0).eval(), CountingTeacher(seed=1).eval()
+    cache = TeacherCache(a)
+    first = cache.outputs(paths, x, "resize32")
+    assert cache.use(a) is False and len(cache.memory) == 4  # the same weights: entries kept
+    assert cache.use(b) is True and not cache.memory
+    second = cache.outputs(paths, x, "resize32")
+    assert b.images == 4 and a.images == 4 and not torch.equal(first, second)
 
 
 def test_cache_is_invalidated_by_other_weights_image_or_view(tmp_path):
@@ -93,7 +105,7 @@ def test_memory_only_cache_and_crop_pair(tmp_path):
     cache = TeacherCache(teacher)  # no folder: memory only
     t = cache.outputs(paths, x, "v")
     cache.outputs(paths, x, "v")
-    assert teacher.calls == 1 and not list(tmp_path.glob("**/*.npy"))
+    assert teacher.calls == 2 and not list(tmp_path.glob("**/*.npy"))
     xc, tc = crop_pair(x[0], t[0], 4, 8, 16, flip=True)
     assert xc.shape == tc.shape == (3, 16, 16)
     assert torch.equal(xc, x[0, :, 4:20, 8:24].flip(-1)) and torch.equal(tc, t[0, :, 4:20, 8:24].flip(-1))

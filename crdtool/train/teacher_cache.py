@@ -50,7 +50,7 @@ class TeacherCache:
     """``cache.outputs(paths, inputs, view)``: the teacher's outputs for ``inputs`` (N, 3, H, W), the
     images of ``paths`` as prepared by ``view`` (e.g. "resize256"); only misses run the teacher.
 
-    Counters: ``hits``, ``misses`` (images translated) and ``teacher_calls`` (forward calls).
+    Counters: ``hits``, ``misses`` (images translated) and ``teacher_calls`` (batches that needed the teacher).
     """
 
     def __init__(self, teacher: nn.Module, folder: str | Path | None = None, memory: bool = True):
@@ -135,14 +135,16 @@ class TeacherCache:
             self.misses += len(missing)
             self.teacher_calls += 1
             param = next(self.teacher.parameters(), None)
-            x = torch.stack([load_input(i) for i in missing])
-            x = x.to(param.device, param.dtype) if param is not None else x
             was_training = self.teacher.training
             self.teacher.eval()
-            fresh = self.teacher(x).float()
+            # one image per forward: an output must not depend on which other images missed with it (the
+            # kernels' choice can change with the batch size), or a resumed run, whose memory cache starts
+            # empty, would be given other bits than the uninterrupted run
+            for i in missing:
+                x = load_input(i)[None]
+                x = x.to(param.device, param.dtype) if param is not None else x
+                found[i] = self.store(paths[i], view, self.teacher(x).float()[0])
             self.teacher.train(was_training)
-            for j, i in enumerate(missing):
-                found[i] = self.store(paths[i], view, fresh[j])
         return torch.stack([t for t in found])  # type: ignore[misc]
 
     def batch_crops(self, paths: Sequence[str | Path], crops: torch.Tensor, load_size: int,
