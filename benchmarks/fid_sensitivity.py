@@ -66,8 +66,6 @@ def edits(seed: int = 0) -> dict[str, Callable[[torch.Tensor, torch.Tensor], tor
 
 
 def main(argv: list[str] | None = None) -> int:
-    from crdtool.bench.env import cpu_info, library_versions, load_avg
-    from crdtool.fileio import write_json_atomic
     from crdtool.train.teacher_cache import TeacherCache
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -102,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                            f"teacher on {s.dist_fid_images} others" if s.dist_fid_images else "")
                     + "; PSNR/SSIM per image on the paired photos"),
            "teacher_floor": {k: v for k, v in refs["teacher_ref_split"].items() if "dist" in k},
-           "rows": rows, "host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
-           "command": " ".join(["python benchmarks/fid_sensitivity.py", *(argv if argv is not None else sys.argv[1:])])}
-    write_json_atomic(a.out.with_suffix(".json"), res)
+           "rows": rows, **rt.provenance("fid_sensitivity.py", argv)}
     lines = ["# What FID to the vintagify teacher rewards: edits of the teacher's own output", "",
              f"| edit | PSNR (dB) | SSIM | FID paired (n={n}) | KID paired | "
              f"FID distribution (n={s.dist_fid_images}) | KID distribution |", "|---|---|---|---|---|---|---|"]
@@ -114,11 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{rt._f(v.get('kid_dist_to_teacher'), 4)} |")
     floor = res["teacher_floor"]
     lines += ["", f"The teacher itself, distribution protocol (its outputs on E vs on R): FID "
-              f"{floor.get('fid_dist_to_teacher', float('nan')):.2f}, KID {floor.get('kid_dist_to_teacher', float('nan')):.4f}.",
-              "", res["what"] + f". Host: {res['host']['cpu']}, load {res['host']['load_avg']}; "
-              f"made by `{res['command']}`."]
-    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+              f"{floor.get('fid_dist_to_teacher', float('nan')):.2f}, KID {floor.get('kid_dist_to_teacher', float('nan')):.4f}."]
+    rt.write_report(res, a.out, lines)
     return 0
 
 

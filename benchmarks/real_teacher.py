@@ -671,6 +671,25 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
                              f"own outputs on E (KID: 100 subsets of {min(200, s.dist_fid_images)})")}
 
 
+def provenance(script: str, argv: list[str] | None) -> dict[str, Any]:
+    """Host (CPU, ISA, load), library versions and the command line of a results file."""
+    from crdtool.bench.env import cpu_info, library_versions, load_avg
+
+    return {"host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
+            "command": " ".join([f"python benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])}
+
+
+def write_report(res: dict[str, Any], out: Path, lines: list[str]) -> None:
+    """``out``.json holds ``res``; ``out``.md the table ``lines``, then what was measured, where and how."""
+    from crdtool.fileio import write_json_atomic
+
+    write_json_atomic(out.with_suffix(".json"), res)
+    lines = [*lines, "", f"{res['what']}. Host: {res['host']['cpu']}, load {res['host']['load_avg']}; made by "
+             f"`{res['command']}`."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def command_line() -> str:
     return " ".join(["python benchmarks/real_teacher.py", *sys.argv[1:]])
 
