@@ -257,17 +257,18 @@ def variants(d, batch, dev: torch.device, args, rounds: int, steps: int, sync) -
     from crdtool.runtime import Runtime
 
     step = d.steps["student"]
-    default, eager, eager_terms = d.rt, d.fwd["student"], step.terms
+    default, eager, eager_terms, cache = d.rt, d.fwd["student"], step.terms, step.cache
     choices = {"fp32": ("fp32", False), "fp32+channels_last": ("fp32", True),
                "bf16": ("bf16", False), "bf16+channels_last": ("bf16", True)}
     out: dict[str, Any] = {"default": runtime_name(default)}
     setups: dict[str, Callable[[], None]] = {}
 
-    def use(rt, student_fwd, terms=eager_terms) -> None:
+    def use(rt, student_fwd, terms=eager_terms, teacher_cache=cache) -> None:
         d.rt = step.ctx.rt = d.opts.rt = rt
         set_layout(d, rt.channels_last)
         d.fwd["student"] = student_fwd
         step.terms = terms
+        step.cache = teacher_cache
 
     def first_step_seconds() -> float:
         t0 = time.perf_counter()
@@ -290,6 +291,8 @@ def variants(d, batch, dev: torch.device, args, rounds: int, steps: int, sync) -
             out[name] = "skipped: this CPU has no native bf16 (avx512_bf16/amx_bf16); emulated bf16 measured ~50x slower"
             continue
         setups[name] = lambda rt=Runtime.create(dev.type, prec, cl): use(rt, eager)
+    if cache is not None:  # what the reuse is worth: the same step with the teacher run on every batch
+        setups[runtime_name(default) + ", teacher recomputed"] = lambda: use(default, eager, teacher_cache=None)
     if args.compile:
         # (a) what train.compile = true does (train.networks.distribute): compile the student's forward
         compiled = torch.compile(d.student)
