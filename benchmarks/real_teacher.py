@@ -97,6 +97,7 @@ class Settings:
     steps: int = 600
     lr: float = 2e-3
     colour_skip: bool = True  # the student's skip goes through a per-image colour matrix (models/colour_skip.py)
+    skip_filter: bool = False  # and, before it, a learned 3x3 filter per channel (the teacher softens the photo)
     betas: tuple[float, float] = (0.5, 0.999)
     decay_from: float = 0.5  # lr decays linearly to 0 over the last half of the steps
     fid_images: int = 50  # paired FID/KID: the first N testA photos, each output vs the teacher's output of it
@@ -211,7 +212,9 @@ def student_spec(arm: str, s: Settings):
     from crdtool.models import GeneratorSpec
 
     residual = arm != "pixel_plain"
-    return GeneratorSpec("mobile_resnet", ngf=16, residual=residual, colour_skip=residual and s.colour_skip).resolved()
+    colour = residual and s.colour_skip
+    return GeneratorSpec("mobile_resnet", ngf=16, residual=residual, colour_skip=colour,
+                         skip_filter=colour and s.skip_filter).resolved()
 
 
 def student_gmacs(s: Settings) -> float:
@@ -444,6 +447,7 @@ def score_fid(s: Settings, splits: dict[str, Split], scorer: Scorer, seeds: list
     one run at a time: Inception is the slow part)."""
     from crdtool.fileio import write_json_atomic
     from crdtool.models.checkpoints import load_generator
+    from crdtool.train.teacher_cache import weights_digest
 
     for seed in seeds:
         for arm in s.arms:
@@ -455,7 +459,8 @@ def score_fid(s: Settings, splits: dict[str, Split], scorer: Scorer, seeds: list
             if "fid_to_teacher" in row and not dist:
                 continue
             student = load_generator(run_dir(s, arm, seed) / "student.safetensors")
-            name = f"{arm}-seed{seed}" + ("" if s.steps == Settings.steps else f"-{s.steps}steps")
+            # named by the weights too: runs of other settings (steps, student) may share the work folder
+            name = f"{arm}-seed{seed}-{weights_digest(student)[:12]}"
             if "fid_to_teacher" not in row:
                 row.update(_round(scorer.score(name, translate(student, splits["test"].inputs))))
             if dist:
@@ -787,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=Settings.crop, help="training crop side (of the 256 px photos)")
     p.add_argument("--lr", type=float, default=Settings.lr)
     p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
+    p.add_argument("--skip-filter", action="store_true", help="a learned 3x3 filter per channel on the colour "
+                   "skip's input (use another --results-dir: the default arms are without it)")
     p.add_argument("--log-every", type=int, default=Settings.log_every)
     p.add_argument("--fid-images", type=int, default=Settings.fid_images,
                    help="paired FID: the first N testA photos, each scored against the teacher's output of it")
@@ -803,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
                    "rewrite the result files; trains nothing")
     a = p.parse_args(argv)
     s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
-                 crop=a.crop, lr=a.lr, colour_skip=not a.no_colour_skip,
+                 crop=a.crop, lr=a.lr, colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads, latency=not a.no_latency, log_every=a.log_every,
                  fid_images=a.fid_images, dist_fid_images=a.dist_fid_images,
                  results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),

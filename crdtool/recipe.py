@@ -80,6 +80,9 @@ class GeneratorConfig(RecipeSection):
     colour_skip: bool = Field(False, description=(
         "with residual: the input skip goes through a per-image 3x3 colour matrix and offset, predicted from "
         "the input's colour statistics and the pooled features (for teachers that grade each photo differently)"))
+    skip_filter: bool = Field(False, description=(
+        "with colour_skip: the skip first passes a learned 3x3 filter per channel, starting as the identity "
+        "(for teachers that soften or sharpen the photo)"))
     checkpoint: Optional[Path] = Field(None, description=(
         "teacher only: load pretrained weights instead of training (a file, or a cached id such as "
         "\"weights:vintagify\")"))
@@ -94,7 +97,7 @@ class GeneratorConfig(RecipeSection):
             return load_arch_spec(self.arch)
         return family_spec(self.arch, ngf=self.ngf, n_blocks=self.n_blocks, num_downs=self.num_downs,
                            norm=self.norm, dropout=self.dropout, scale=self.scale, affine=self.affine,
-                           residual=self.residual, colour_skip=self.colour_skip)
+                           residual=self.residual, colour_skip=self.colour_skip, skip_filter=self.skip_filter)
 
 
 class DiscriminatorConfig(RecipeSection):

@@ -61,3 +61,36 @@ def test_cost_is_a_rounding_error_of_the_student():
     extra = colour.macs["literature"] - plain.macs["literature"]
     assert 589_824 <= extra < 1_000_000  # the per-pixel 3x3 matrix (9 x 256 x 256) plus pooling and the MLP
     assert colour.unsupported_ops == {}
+
+
+@pytest.mark.parametrize("family", ["resnet", "mobile_resnet"])
+def test_skip_filter_starts_as_the_identity_and_learns(family):
+    spec = GeneratorSpec(family, ngf=4, n_blocks=1, residual=True, colour_skip=True, skip_filter=True)
+    g = build_generator(spec).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(g(x), x)
+    target = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    opt = torch.optim.Adam(g.colour_skip.smooth.parameters(), lr=0.05)
+    first = None
+    for _ in range(60):  # the filter alone can become the 3x3 box blur the target is
+        loss = (g(x) - target).abs().mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+
+def test_skip_filter_spec_round_trip_cost_and_error(tmp_path):
+    from crdtool.profile import profile_spec
+
+    with pytest.raises(CrdError, match="skip_filter = true needs colour_skip = true"):
+        GeneratorSpec("mobile_resnet", ngf=4, residual=True, skip_filter=True).resolved()
+    spec = GeneratorSpec("mobile_resnet", ngf=4, n_blocks=1, residual=True, colour_skip=True, skip_filter=True)
+    save_generator(build_generator(spec), tmp_path / "g.safetensors")
+    h = load_generator(tmp_path / "g.safetensors")
+    assert h.spec.skip_filter and h.spec.describe().endswith("colour_skip skip_filter")
+    base = profile_spec(GeneratorSpec("mobile_resnet", ngf=16, residual=True, colour_skip=True), 256)
+    filtered = profile_spec(GeneratorSpec("mobile_resnet", ngf=16, residual=True, colour_skip=True,
+                                          skip_filter=True), 256)
+    assert filtered.macs["literature"] - base.macs["literature"] == 3 * 9 * 256 * 256  # one 3x3 tap per pixel

@@ -57,14 +57,14 @@ class MobileResnetGenerator(nn.Module):
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 16, n_blocks: int = 9,
                  norm: str = "instance", dropout: float = 0.0, affine: bool = False, residual: bool = False,
-                 colour_skip: bool = False):
+                 colour_skip: bool = False, skip_filter: bool = False):
         super().__init__()
         blocks = [MobileResnetBlock(ngf * 4, norm, dropout, affine) for _ in range(n_blocks)]
         self.residual = residual
         self.model = nn.Sequential(*encoder(input_nc, ngf, norm, affine), *blocks,
                                    *decoder(output_nc, ngf, norm, affine, residual))
         self.bottleneck = len(self.model) - len(decoder(output_nc, ngf, norm, affine, residual))
-        self.colour_skip = ColourSkip(output_nc, ngf * 4) if colour_skip else None
+        self.colour_skip = ColourSkip(output_nc, ngf * 4, smooth=skip_filter) if colour_skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return generator_output(self, x)

@@ -21,7 +21,7 @@ _DEFAULT_NORM: dict[str, str] = {}
 _STRIDE: dict[str, int] = {}  # input sides must be multiples of this (resnets 4; SR families 1)
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {}  # spec fields a family defaults differently (rrdb: 23 blocks)
 _OPTIONS: dict[str, tuple[str, ...]] = {}  # boolean spec fields a family implements (affine, residual)
-OPTIONAL_FIELDS = ("affine", "residual", "colour_skip")
+OPTIONAL_FIELDS = ("affine", "residual", "colour_skip", "skip_filter")
 
 
 def register_generator(name: str, default_norm: str = "instance", options: tuple[str, ...] = ()):
@@ -76,6 +76,7 @@ class GeneratorSpec:
     affine: bool = False  # InstanceNorm with a learned scale/shift (foreign teachers trained that way)
     residual: bool = False  # out = clamp(x + head(features), -1, 1) instead of tanh(head(features))
     colour_skip: bool = False  # residual with a per-image colour matrix on x (models/colour_skip.py)
+    skip_filter: bool = False  # colour skip: a learned 3x3 filter per channel on x first (starts as identity)
 
     def resolved(self) -> "GeneratorSpec":
         if self.name not in _GENERATORS:
@@ -96,6 +97,8 @@ class GeneratorSpec:
                            f"{self.output_nc}")
         if self.colour_skip and not self.residual:
             raise CrdError("generator colour_skip = true needs residual = true (it transforms the input skip)")
+        if self.skip_filter and not self.colour_skip:
+            raise CrdError("generator skip_filter = true needs colour_skip = true (it filters the colour skip's input)")
         return dataclasses.replace(self, norm=norm)
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,7 +164,7 @@ def _resnet(spec: GeneratorSpec) -> nn.Module:
     from crdtool.models.resnet import ResnetGenerator
 
     return ResnetGenerator(spec.input_nc, spec.output_nc, spec.ngf, spec.n_blocks, spec.norm, spec.dropout,
-                           spec.affine, spec.residual, spec.colour_skip)
+                           spec.affine, spec.residual, spec.colour_skip, spec.skip_filter)
 
 
 @register_generator("mobile_resnet", options=OPTIONAL_FIELDS)
@@ -169,7 +172,7 @@ def _mobile_resnet(spec: GeneratorSpec) -> nn.Module:
     from crdtool.models.mobile_resnet import MobileResnetGenerator
 
     return MobileResnetGenerator(spec.input_nc, spec.output_nc, spec.ngf, spec.n_blocks, spec.norm, spec.dropout,
-                                 spec.affine, spec.residual, spec.colour_skip)
+                                 spec.affine, spec.residual, spec.colour_skip, spec.skip_filter)
 
 
 @register_generator("unet", default_norm="batch")
