@@ -25,23 +25,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import colour_ceiling as cc  # noqa: E402
 import real_teacher as rt  # noqa: E402
-
-
-def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur, reflect padding, kernel 2*round(3 sigma)+1."""
-    k = 2 * round(3 * sigma) + 1
-    r = torch.arange(k, dtype=img.dtype) - k // 2
-    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    c = img.shape[1]
-    out = F.pad(img, (k // 2,) * 4, mode="reflect")
-    out = F.conv2d(out, g.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(out, g.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def colour_per_image(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -55,13 +42,13 @@ def edits(seed: int = 0) -> dict[str, Callable[[torch.Tensor, torch.Tensor], tor
         return (t + 2 * 0.02 * torch.randn(t.shape, generator=g)).clamp(-1, 1)
 
     def detail(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (gaussian_blur(colour_per_image(x, t), 1.0) + t - gaussian_blur(t, 1.0)).clamp(-1, 1)
+        return (rt.gaussian_blur(colour_per_image(x, t), 1.0) + t - rt.gaussian_blur(t, 1.0)).clamp(-1, 1)
 
     return {"input": lambda x, t: x,
             "colour_per_image": colour_per_image,
             "colour_per_image+detail": detail,
-            "teacher_blur_0.5": lambda x, t: gaussian_blur(t, 0.5),
-            "teacher_blur_1.0": lambda x, t: gaussian_blur(t, 1.0),
+            "teacher_blur_0.5": lambda x, t: rt.gaussian_blur(t, 0.5),
+            "teacher_blur_1.0": lambda x, t: rt.gaussian_blur(t, 1.0),
             "teacher_noise_0.02": noise}
 
 

@@ -22,6 +22,7 @@ Arms, at equal budget (same student, images, steps, seeds; only the loss differs
   rkd_vgg      instance-level RKD (relations between whole images of a batch) + VGG
   pixel_plain  (reference row) L1, the plain tanh student without the input skip
   pixel_gan, pixel_crd_vgg_gan   (extra rows) the GAN and the full loss with L1 as the colour anchor
+  pixel_detail (extra row) L1 plus L1 of the fine detail: the band above a 1 px Gaussian blur
 
 Metrics on testA (never trained on), against the teacher's outputs: PSNR and SSIM, and two kinds
 of FID/KID (TF-Inception pool3):
@@ -79,6 +80,7 @@ ARMS: dict[str, str] = {
     "pixel_plain": "L1 to the teacher output, plain tanh student (no input skip)",
     "pixel_gan": "L1 + GAN (D: teacher output vs student output)",
     "pixel_crd_vgg_gan": "L1 + CRD + VGG-19 + GAN",
+    "pixel_detail": "L1 + L1 of the fine detail (the band above a 1 px Gaussian)",
 }
 DEFAULT_ARMS = ["pixel", "vgg", "crd", "crd_vgg", "crd_vgg_gan", "rkd_vgg"]
 
@@ -105,6 +107,7 @@ class Settings:
     lambda_pixel: float = 10.0
     lambda_crd: float = 25.0
     lambda_gan: float = 1.0
+    lambda_detail: float = 10.0
     crd_patch: int = 32
     threads: int = 1  # on a shared 2-core host one thread per process beat two (less oversubscription)
     results_dir: Path = RESULTS
@@ -223,10 +226,23 @@ def student_gmacs(s: Settings) -> float:
     return round(profile_spec(student_spec("pixel", s), s.size).macs["literature"] / 1e9, 4)
 
 
+def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur, reflect padding, kernel 2*round(3 sigma)+1."""
+    k = 2 * round(3 * sigma) + 1
+    r = torch.arange(k, dtype=img.dtype) - k // 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    c = img.shape[1]
+    out = F.pad(img, (k // 2,) * 4, mode="reflect")
+    out = F.conv2d(out, g.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(out, g.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
+
+
 def arm_terms(arm: str) -> set[str]:
     return {"pixel": {"pixel"}, "pixel_plain": {"pixel"}, "vgg": {"vgg"}, "crd": {"crd"},
             "crd_vgg": {"crd", "vgg"}, "crd_vgg_gan": {"crd", "vgg", "gan"}, "rkd_vgg": {"rkd", "vgg"},
-            "pixel_gan": {"pixel", "gan"}, "pixel_crd_vgg_gan": {"pixel", "crd", "vgg", "gan"}}[arm]
+            "pixel_gan": {"pixel", "gan"}, "pixel_crd_vgg_gan": {"pixel", "crd", "vgg", "gan"},
+            "pixel_detail": {"pixel", "detail"}}[arm]
 
 
 class Losses:
@@ -248,6 +264,9 @@ class Losses:
         s, parts = self.s, {}
         if "pixel" in self.terms:
             parts["pixel"] = s.lambda_pixel * F.l1_loss(out, target)
+        if "detail" in self.terms:  # L1 of the band above a 1 px Gaussian: the teacher's fine texture
+            parts["detail"] = s.lambda_detail * F.l1_loss(out - gaussian_blur(out, 1.0),
+                                                          target - gaussian_blur(target, 1.0))
         if self.crd is not None:
             parts["crd"] = s.lambda_crd * self.crd(out, target)
         if self.rkd is not None:

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fid_sensitivity as fs  # noqa: E402
 import real_teacher as rt  # noqa: E402
 
 BLURS = (0.5, 0.7)
@@ -34,7 +33,7 @@ BLURS = (0.5, 0.7)
 
 def detail(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """The band above a Gaussian of ``sigma`` px, in the [0, 1] range (images are in [-1, 1])."""
-    return (x - fs.gaussian_blur(x, sigma)) / 2
+    return (x - rt.gaussian_blur(x, sigma)) / 2
 
 
 def detail_row(x: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     name = a.student.stem
     on_test, on_e = rt.translate(student, test.inputs), rt.translate(student, evaluated.inputs)
     for sigma in (0.0, *BLURS):
-        blur = (lambda x: x) if sigma == 0 else (lambda x, sg=sigma: fs.gaussian_blur(x, sg))
+        blur = (lambda x: x) if sigma == 0 else (lambda x, sg=sigma: rt.gaussian_blur(x, sg))
         label = name if sigma == 0 else f"{name} blurred {sigma} px"
         row = scored(blur(on_test))
         row.update(scorer.score_dist(f"sharpness-{name}-blur{sigma}", blur(on_e)))
