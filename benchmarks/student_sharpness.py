@@ -9,7 +9,8 @@ teacher does, unless its residual learns to cancel it. This measures how much, o
   detail_corr            cosine similarity of a row's sigma-1 detail with the teacher's, per photo, averaged
   psnr / ssim            vs the teacher's output (as real_teacher.py)
 
-Rows: the untranslated input, the teacher, each arm's seed-0 student (``--arms``), and ``--student``'s
+Rows: the untranslated input, the teacher, each arm's seed-0 student (``--arms``) and ``--extra``
+students (e.g. those with ``student.skip_filter``), and ``--student``'s
 output (default: the seed-0 L1 student) blurred by 0.5 and 0.7 px. That student and its blurred
 outputs also get the distribution FID/KID of real_teacher.py (400 held-out photos vs the teacher on
 400 others), so the effect of the softening on FID is measured in the same run.
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", default=list(rt.DEFAULT_ARMS), choices=list(rt.ARMS))
     p.add_argument("--student", type=Path, default=rt.RESULTS / "real_teacher" / "pixel-seed0.safetensors",
                    help="the student whose output is blurred and scored with the distribution FID")
+    p.add_argument("--extra", type=Path, nargs="*", default=[],
+                   help="more student files to list (e.g. another results folder's <arm>-seed0.safetensors)")
     p.add_argument("--out", type=Path, default=rt.RESULTS / "student_sharpness")
     a = p.parse_args(argv)
     s = rt.Settings(data=a.data.resolve())
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         f = rt.RESULTS / "real_teacher" / f"{arm}-seed0.safetensors"
         if f.is_file():
             rows[f"{arm} (seed 0)"] = scored(rt.translate(load_generator(f), test.inputs))
+    for f in a.extra:  # named by its results folder: real_teacher_<variant>/real_teacher/<arm>-seed0.safetensors
+        rows[f"{f.parent.parent.name}: {f.stem}"] = scored(rt.translate(load_generator(f), test.inputs))
     student = load_generator(a.student)
     name = a.student.stem
     on_test, on_e = rt.translate(student, test.inputs), rt.translate(student, evaluated.inputs)
