@@ -138,6 +138,29 @@ def test_openvino_int8_is_quantized_and_close(tmp_path):
     assert 0 < err < 0.5
 
 
+def test_openvino_int8_keeps_the_colour_skip_in_fp32(tmp_path):
+    """Convolutions get int8 inputs; the colour skip's MatMuls (per-pixel colour matrix, MLP) do not."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import openvino
+    from crdtool.deploy import openvino as ov
+    from crdtool.models import GeneratorSpec
+
+    torch.manual_seed(0)
+    model = build_generator(GeneratorSpec("mobile_resnet", ngf=4, n_blocks=2, residual=True, colour_skip=True)).eval()
+    torch.nn.init.normal_(model.colour_skip.predict[-1].weight, 0.0, 0.1)  # a colour matrix that is not I
+    xml = ov.convert_onnx(_onnx(tmp_path, model), tmp_path / "m.xml")
+    q = openvino.Core().read_model(str(ov.quantize_int8(xml, tmp_path / "m.int8.xml", _images(4))))
+
+    def fed_by_fake_quantize(op) -> bool:
+        return any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())
+
+    ops = q.get_ops()
+    assert any(fed_by_fake_quantize(op) for op in ops if op.get_type_name() == "Convolution")
+    matmuls = [op for op in ops if op.get_type_name() == "MatMul"]
+    assert matmuls and not any(fed_by_fake_quantize(op) for op in matmuls)
+
+
 # ------------------------------------------------------------------------------ ncnn
 
 
