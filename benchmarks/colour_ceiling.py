@@ -51,7 +51,6 @@ def scores(x: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from crdtool.bench.env import cpu_info, library_versions, load_avg
     from crdtool.fileio import write_json_atomic
     from crdtool.train.teacher_cache import TeacherCache
 
@@ -75,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"teacher on {len(test.files)} testA photos at {s.size} px; 'global' fitted on the first "
                     f"{len(train.files)} trainA photos"),
            "rows": rows, "global_map": [[round(v, 4) for v in r] for r in shared.tolist()],
-           "host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
-           "command": " ".join(["python benchmarks/colour_ceiling.py", *(argv if argv is not None else sys.argv[1:])])}
+           **rt.provenance("colour_ceiling.py", argv)}
     write_json_atomic(a.out.with_suffix(".json"), res)
     lines = ["# Colour maps from input to the vintagify teacher (testA, PSNR/SSIM vs the teacher)", "",
              "| map | PSNR (dB) | SSIM |", "|---|---|---|"]

@@ -192,8 +192,9 @@ def main() -> None:
         "torch": torch.__version__, "python": platform.python_version(), "batch": 1,
         "results": rows,
         "targets": targets,
-        "work_per_step": "teacher resnet ngf64 forward (crdtool: reused from the round's teacher cache) + student mobile_resnet ngf16 forward/backward with "
-                         "CRD (rows, columns, 32x32 patches) + VGG16 style/feature + frozen online D (LSGAN) + Adam",
+        "work_per_step": "teacher resnet ngf64 forward (crdtool: reused from the round's teacher cache) + "
+                         "student mobile_resnet ngf16 forward/backward with CRD (rows, columns, 32x32 patches) + "
+                         "VGG16 style/feature + frozen online D (LSGAN) + Adam",
         "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
         "compile_cache": None if not args.compile else ("cold (a fresh temporary inductor cache)" if compile_cache is None
                                                         else f"TORCHINDUCTOR_CACHE_DIR={compile_cache}"),

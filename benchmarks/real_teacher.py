@@ -628,8 +628,6 @@ def _half_gap(arms: dict, best_psnr: str, key: str, input_value: float, floor_va
 
 
 def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict, teacher_info: dict) -> dict:
-    from crdtool.bench.env import cpu_info, library_versions, load_avg
-
     arms: dict[str, Any] = {}
     for arm in s.arms:
         mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["seed"])
@@ -681,8 +679,7 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
                         "note": ("the input skip adds no MACs; the colour skip ~0.8M (the per-pixel 3x3 matrix, "
                                  "pooling, a small MLP); the plain tanh student is 1.408G")},
             "references": refs, "arms": arms, "targets": targets, "cache_speedup": speed, "latency_ort_cpu": lat,
-            "host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
-            "command": command_line(),
+            **provenance("real_teacher.py", None),
             "run_commands": sorted({r.get("command", "python benchmarks/real_teacher.py") for r in rows}),
             "metrics_note": (f"testA (100 held-out photos) at 256 px. PSNR/SSIM per image vs the teacher's output, "
                              f"averaged over all 100. FID/KID of outputs vs the teacher's outputs on the first "
@@ -700,7 +697,7 @@ def provenance(script: str, argv: list[str] | None) -> dict[str, Any]:
     from crdtool.bench.env import cpu_info, library_versions, load_avg
 
     return {"host": {**cpu_info(), "load_avg": load_avg()}, "versions": library_versions(),
-            "command": " ".join([f"python benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])}
+            "command": command_line(script, argv)}
 
 
 def write_report(res: dict[str, Any], out: Path, lines: list[str]) -> None:
@@ -714,8 +711,8 @@ def write_report(res: dict[str, Any], out: Path, lines: list[str]) -> None:
     print("\n".join(lines))
 
 
-def command_line() -> str:
-    return " ".join(["python benchmarks/real_teacher.py", *sys.argv[1:]])
+def command_line(script: str = "real_teacher.py", argv: list[str] | None = None) -> str:
+    return " ".join([f"python benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
 
 
 def _f(v: Any, d: int = 2) -> str:

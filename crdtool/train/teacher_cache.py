@@ -56,10 +56,15 @@ class TeacherCache:
     def __init__(self, teacher: nn.Module, folder: str | Path | None = None, memory: bool = True):
         self.teacher = teacher
         self.digest = weights_digest(teacher)
-        self.folder = Path(folder) / self.digest[:16] if folder is not None else None
+        self._root = Path(folder) if folder is not None else None
         self.memory: dict[str, torch.Tensor] | None = {} if memory else None
         self._file_digests: dict[tuple[str, int, int], str] = {}
         self.hits = self.misses = self.teacher_calls = 0
+
+    @property
+    def folder(self) -> Path | None:
+        """Where this teacher's entries live on disk: one subfolder per weights digest."""
+        return self._root / self.digest[:16] if self._root is not None else None
 
     def use(self, teacher: nn.Module) -> bool:
         """Serve ``teacher`` from now on (an online teacher after a round, or a newly chosen best one); True
@@ -69,8 +74,6 @@ class TeacherCache:
         if digest == self.digest:
             return False
         self.digest = digest
-        if self.folder is not None:
-            self.folder = self.folder.parent / digest[:16]
         if self.memory is not None:
             self.memory.clear()
         return True
