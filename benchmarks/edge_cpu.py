@@ -11,7 +11,7 @@ dense fp32 matmul rate probed in the same run (the compute floor).
 Models: the teacher is the real vintagify CycleGAN generator (resnet ngf64, affine InstanceNorm) when
 `crdtool weights get vintagify` has cached it, else a random-weight resnet ngf64; the student is a
 random-weight mobile_resnet ngf16; a real distilled student (benchmarks/results/real_teacher/*-seed0.safetensors)
-is added when present. Latency does not depend on weight values; int8 fidelity does.
+is added when present, and a searched student (``--searched runs/vintage-search/arch.json``, random weights). Latency does not depend on weight values; int8 fidelity does.
 
     python benchmarks/edge_cpu.py                       # 2 rounds, writes benchmarks/results/edge_cpu.{json,md,png}
     python benchmarks/edge_cpu.py --rounds 1 --student-runs 10 --out runs/edge_quick
@@ -54,7 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-teacher-int8", action="store_true", help="skip the teacher's int8 exports (slow)")
     p.add_argument("--work", type=Path, default=None,
                    help="keep exports here and reuse the ones already there (default: a temporary folder)")
-    p.add_argument("--models", default="teacher,student,student-real", help="comma-separated subset")
+    p.add_argument("--searched", type=Path, default=None,
+                   help="a `crdtool search` arch.json: adds model student-searched (random weights)")
+    p.add_argument("--models", default="teacher,student,student-real,student-searched", help="comma-separated subset")
     p.add_argument("--export-only", action="store_true", help="export into --work and stop (to export in parallel)")
     p.add_argument("--part", choices=("all", "no-executorch", "executorch"), default="all",
                    help="with --export-only: which artifacts (the ExecuTorch lowering is the slow one)")
@@ -86,6 +88,14 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, tuple[Path, str]]:
     if not (work / "student.safetensors").is_file():
         save_generator(student, work / "student.safetensors")
     out["student"] = (work / "student.safetensors", "mobile_resnet ngf16 (random weights)")
+    if args.searched is not None:
+        from crdtool.models.sr_student import load_arch_spec
+
+        spec = load_arch_spec(args.searched)
+        ckpt = work / "student-searched.safetensors"
+        if not ckpt.is_file():
+            save_generator(build_generator(spec), ckpt)
+        out["student-searched"] = (ckpt, f"searched by crdtool search ({Path(args.searched).name}, random weights)")
     real = args.real_student or next(iter(sorted(REAL_STUDENTS.glob("*-seed0.safetensors"))), None)
     if real is not None and Path(real).is_file():
         out["student-real"] = (Path(real), f"distilled student {Path(real).stem} (real weights)")

@@ -23,6 +23,8 @@ Arms, at equal budget (same student, images, steps, seeds; only the loss differs
   pixel_plain  (reference row) L1, the plain tanh student without the input skip
   pixel_gan, pixel_crd_vgg_gan   (extra rows) the GAN and the full loss with L1 as the colour anchor
   pixel_detail (extra row) L1 plus L1 of the fine detail: the band above a 1 px Gaussian blur
+  pixel_spectral, crd_vgg_spectral  (extra rows) L1 or CRD + VGG, plus the high-band amplitude loss
+               (crdtool.losses.SpectralAmplitudeLoss): the teacher's fine texture energy, phase-free
 
 Metrics on testA (never trained on), against the teacher's outputs: PSNR and SSIM, and two kinds
 of FID/KID (TF-Inception pool3):
@@ -81,6 +83,8 @@ ARMS: dict[str, str] = {
     "pixel_gan": "L1 + GAN (D: teacher output vs student output)",
     "pixel_crd_vgg_gan": "L1 + CRD + VGG-19 + GAN",
     "pixel_detail": "L1 + L1 of the fine detail (the band above a 1 px Gaussian)",
+    "pixel_spectral": "L1 + high-band amplitude spectrum (above 0.25 cycles/px)",
+    "crd_vgg_spectral": "CRD + VGG-19 + high-band amplitude spectrum",
 }
 DEFAULT_ARMS = ["pixel", "vgg", "crd", "crd_vgg", "crd_vgg_gan", "rkd_vgg"]
 
@@ -95,6 +99,8 @@ class Settings:
     train_images: int = 100  # first N of trainA; also the teacher's reference split (disjoint from testA)
     size: int = 256
     crop: int = 128  # crops large enough that their colour statistics resemble the whole photo's
+    crop_align: int = 1  # crop offsets in multiples of this (the generator's stride keeps the teacher's pixel grid)
+    flip: bool = True  # random horizontal flips (a flip mirrors the teacher's pixel grid)
     batch: int = 4
     steps: int = 600
     lr: float = 2e-3
@@ -108,6 +114,8 @@ class Settings:
     lambda_crd: float = 25.0
     lambda_gan: float = 1.0
     lambda_detail: float = 10.0
+    lambda_spectral: float = 20.0
+    spectral_min_freq: float = 0.25  # cycles per pixel: the band whose amplitudes the spectral term matches
     crd_patch: int = 32
     threads: int = 1  # on a shared 2-core host one thread per process beat two (less oversubscription)
     results_dir: Path = RESULTS
@@ -242,19 +250,21 @@ def arm_terms(arm: str) -> set[str]:
     return {"pixel": {"pixel"}, "pixel_plain": {"pixel"}, "vgg": {"vgg"}, "crd": {"crd"},
             "crd_vgg": {"crd", "vgg"}, "crd_vgg_gan": {"crd", "vgg", "gan"}, "rkd_vgg": {"rkd", "vgg"},
             "pixel_gan": {"pixel", "gan"}, "pixel_crd_vgg_gan": {"pixel", "crd", "vgg", "gan"},
-            "pixel_detail": {"pixel", "detail"}}[arm]
+            "pixel_detail": {"pixel", "detail"}, "pixel_spectral": {"pixel", "spectral"},
+            "crd_vgg_spectral": {"crd", "vgg", "spectral"}}[arm]
 
 
 class Losses:
     """crdtool's loss modules for one arm; ``student_loss(s, t) -> (total, {name: value})``."""
 
     def __init__(self, s: Settings, arm: str, perceptual=None):
-        from crdtool.losses import CRDLoss, GANLoss, InstanceRKDLoss
+        from crdtool.losses import CRDLoss, GANLoss, InstanceRKDLoss, SpectralAmplitudeLoss
         from crdtool.models import build_discriminator
 
         self.s, self.terms = s, arm_terms(arm)
         self.crd = CRDLoss(patch_size=s.crd_patch) if "crd" in self.terms else None
         self.rkd = InstanceRKDLoss() if "rkd" in self.terms else None
+        self.spectral = SpectralAmplitudeLoss(s.spectral_min_freq) if "spectral" in self.terms else None
         self.perceptual = perceptual if "vgg" in self.terms else None
         self.gan = GANLoss("lsgan") if "gan" in self.terms else None
         self.D = build_discriminator(3, 64, 3, "instance") if self.gan else None
@@ -267,6 +277,8 @@ class Losses:
         if "detail" in self.terms:  # L1 of the band above a 1 px Gaussian: the teacher's fine texture
             parts["detail"] = s.lambda_detail * F.l1_loss(out - gaussian_blur(out, 1.0),
                                                           target - gaussian_blur(target, 1.0))
+        if self.spectral is not None:
+            parts["spectral"] = s.lambda_spectral * self.spectral(out, target)
         if self.crd is not None:
             parts["crd"] = s.lambda_crd * self.crd(out, target)
         if self.rkd is not None:
@@ -323,7 +335,9 @@ def random_batch(split: Split, rng: random.Random, s: Settings) -> tuple[torch.T
     for _ in range(s.batch):
         i = rng.randrange(len(split.files))
         top, left = rng.randint(0, s.size - s.crop), rng.randint(0, s.size - s.crop)
-        x, t = crop_pair(split.inputs[i], split.teacher[i], top, left, s.crop, rng.random() < 0.5)
+        top, left = top - top % s.crop_align, left - left % s.crop_align
+        flip = rng.random() < 0.5 and s.flip
+        x, t = crop_pair(split.inputs[i], split.teacher[i], top, left, s.crop, flip)
         xs.append(x)
         ts.append(t)
     return torch.stack(xs), torch.stack(ts)
@@ -806,7 +820,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=Settings.steps)
     p.add_argument("--crop", type=int, default=Settings.crop, help="training crop side (of the 256 px photos)")
+    p.add_argument("--crop-align", type=int, default=Settings.crop_align,
+                   help="crop offsets in multiples of N (4: the generator's stride)")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--lr", type=float, default=Settings.lr)
+    p.add_argument("--lambda-spectral", type=float, default=Settings.lambda_spectral)
     p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
     p.add_argument("--skip-filter", action="store_true", help="a learned 3x3 filter per channel on the colour "
                    "skip's input (use another --results-dir: the default arms are without it)")
@@ -826,7 +844,8 @@ def main(argv: list[str] | None = None) -> int:
                    "rewrite the result files; trains nothing")
     a = p.parse_args(argv)
     s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
-                 crop=a.crop, lr=a.lr, colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
+                 crop=a.crop, crop_align=a.crop_align, flip=not a.no_flip, lr=a.lr,
+                 lambda_spectral=a.lambda_spectral, colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads, latency=not a.no_latency, log_every=a.log_every,
                  fid_images=a.fid_images, dist_fid_images=a.dist_fid_images,
                  results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),

@@ -43,6 +43,11 @@ class DataConfig(RecipeSection):
         "folder layout without a test/ subfolder: the last share of the images (by name) held out for evaluation"))
     load_size: int = Field(286, ge=8)
     crop_size: int = Field(256, ge=8)
+    crop_align: int = Field(1, ge=1, description=(
+        "training crop offsets in multiples of this; with train.teacher_cache, the generators' total stride (4) "
+        "keeps each crop of the teacher's whole-image output on the student's pixel grid"))
+    flip: bool = Field(True, description=(
+        "random horizontal flips in training (off with a teacher cache: a flip mirrors the teacher's grid texture)"))
     batch_size: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
     eval_images: int = Field(8, ge=1, description="test images used for periodic fidelity evaluation and grids")
@@ -134,6 +139,10 @@ class LossConfig(RecipeSection):
     lambda_pixel: float = Field(0.0, ge=0, description=(
         "L1 between student and teacher outputs; not in the paper: a stand-in anchor for colours when the VGG "
         "weights (and so the feature loss) are unavailable"))
+    lambda_spectral: float = Field(0.0, ge=0, description=(
+        "L1 between the amplitude spectra of student and teacher outputs above loss.spectral_min_freq: the "
+        "teacher's fine texture, which a pixel loss averages away (crdtool.losses.SpectralAmplitudeLoss)"))
+    spectral_min_freq: float = Field(0.25, ge=0, le=0.5, description="cycles per pixel where that band starts")
     lambda_hr: float = Field(1.0, ge=0, description="task sr: L1 between the student's output and the HR image")
     lambda_gan: float = Field(1.0, ge=0)
     lambda_cycle: float = Field(10.0, ge=0)

@@ -318,3 +318,35 @@ def test_real_person_contour_aligned(shared_data: Path):
     assert colour(s["A"]) < 0.005 < 0.02 < colour(s["B"])
     tr = build_dataset("aligned", root, "train", load_size=72, crop_size=64, seed=0)
     assert tr[(0, 1)]["A"].shape == (3, 64, 64) and colour(tr[(0, 1)]["A"]) > 0.02  # AtoB: A = photo
+
+
+@pytest.mark.parametrize("layout", ["unaligned", "aligned"])
+def test_crop_align_and_no_flip_keep_the_draws(unpaired: Path, paired: Path, layout: str):
+    """crop_align rounds each sample's offsets down (the same draws, so nothing else moves); flip=False
+    leaves every crop unflipped; an A_crop still cuts the whole image into exactly the returned A."""
+    root = unpaired if layout == "unaligned" else paired
+    small = dict(load_size=44, crop_size=32)  # slack 12: offsets 0..12
+    plain = build_dataset(layout, root, "train", seed=3, **small)
+    tied = build_dataset(layout, root, "train", seed=3, crop_align=4, flip=False, **small)
+    from crdtool.data.transforms import sample_rng
+
+    flips = 0
+    for i in range(8):
+        a = plain.draw(sample_rng(3, 0, i))
+        b = tied.draw(sample_rng(3, 0, i))
+        assert (b.x, b.y) == (a.x - a.x % 4, a.y - a.y % 4) and not b.flip
+        flips += a.flip
+    assert flips > 0  # the plain draws did flip some: the test would notice flip=False being ignored
+    if layout == "unaligned":
+        from crdtool.data.images import load_image
+        from crdtool.data.transforms import eval_transform
+        from crdtool.train.teacher_cache import crop
+
+        for i in range(4):
+            item = tied[i]
+            top, left, flip = item["A_crop"].tolist()
+            assert top % 4 == 0 and left % 4 == 0 and flip == 0
+            whole = eval_transform(load_image(item["A_path"]), 44)
+            assert torch.equal(crop(whole, top, left, 32, False), item["A"])
+    with pytest.raises(CrdError, match="crop_align"):
+        build_dataset(layout, root, "train", crop_align=0, **small)

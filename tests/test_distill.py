@@ -335,3 +335,26 @@ def test_online_teacher_cache_choices(tmp_path):
     assert Distiller(r).teacher_cache is None
     with pytest.raises(CrdError, match='teacher_cache = "disk".*online'):
         Distiller(tiny_recipe(tmp_path, train={"teacher_cache": "disk"}))
+
+
+def test_spectral_term_and_aligned_unflipped_crops_from_the_recipe(tmp_path):
+    """loss.lambda_spectral adds the weighted high-band amplitude term to the student's loss;
+    data.crop_align and data.flip reach the training set's crops."""
+    from crdtool.losses import SpectralAmplitudeLoss
+
+    r = tiny_recipe(tmp_path, loss={"lambda_spectral": 5.0, "spectral_min_freq": 0.2},
+                    data={"crop_align": 4, "flip": False})
+    distill.prepare_data(r)
+    d = Distiller(r)
+    assert isinstance(d.steps["student"].ctx.criteria.spectral, SpectralAmplitudeLoss)
+    batch = first_batch(d)
+    crops = batch["A_crop"]
+    assert (crops[:, :2] % 4 == 0).all() and (crops[:, 2] == 0).all()
+    teacher_out = d.steps["student"].teacher_outputs(batch, batch["A"])
+    with torch.no_grad():
+        s, terms = d.steps["student"].terms(batch["A"], teacher_out)
+        expected = 5.0 * SpectralAmplitudeLoss(0.2)(s, teacher_out)
+    torch.testing.assert_close(terms["spectral"], expected)
+    assert "spectral" in d.student_step(batch)
+    plain = Distiller(tiny_recipe(tmp_path, train={"teacher_epochs": 2}))
+    assert plain.steps["student"].ctx.criteria.spectral is None

@@ -327,3 +327,42 @@ def test_gan_losses_on_known_inputs():
     assert out.dtype == torch.float32 and logits.grad is not None
     with pytest.raises(CrdError, match="wgan"):
         GANLoss("wgan")
+
+
+# ----------------------------------------------------------------------------- high-band amplitude spectrum
+
+
+def test_spectral_checkerboard_against_hand_count():
+    """A checkerboard a*(-1)^(i+j) on 8x8 holds all its energy (a^2 * 64, orthonormal FFT) in the one bin
+    (fy, fx) = (0.5, 0.5), amplitude 8a. Of the 8 x 5 rfft2 bins, those with |fy| < 1/4 and fx < 1/4 are
+    fy in {0, 1/8, -1/8} x fx in {0, 1/8}: 6, so 34 are in the band and the loss is 8a / 34 against zeros."""
+    from crdtool.losses import SpectralAmplitudeLoss
+
+    a = 0.3
+    i, j = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    board = (a * (-1.0) ** (i + j)).expand(1, 1, 8, 8)
+    loss = SpectralAmplitudeLoss(0.25)(board, torch.zeros_like(board))
+    assert loss.item() == pytest.approx(8 * a / 34, rel=1e-5)
+
+
+def test_spectral_ignores_low_band_and_phase():
+    from crdtool.losses import SpectralAmplitudeLoss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    loss = SpectralAmplitudeLoss(0.25)
+    assert loss(x + 0.3, x).item() < 1e-6  # a brightness shift lives in the DC bin
+    assert loss(torch.roll(x, (3, 5), dims=(-2, -1)), x).item() < 1e-5  # a circular shift changes phases only
+    blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="circular"), 3, stride=1)
+    assert loss(blurred, x).item() > 0.05  # removing fine texture does count
+
+
+def test_spectral_gradient_is_finite_on_flat_images_and_bad_band_is_a_crd_error():
+    from crdtool.errors import CrdError
+    from crdtool.losses import SpectralAmplitudeLoss
+
+    s = torch.zeros(1, 3, 8, 8, requires_grad=True)
+    SpectralAmplitudeLoss()(s, torch.zeros(1, 3, 8, 8)).backward()
+    assert torch.isfinite(s.grad).all()
+    with pytest.raises(CrdError, match="spectral_min_freq"):
+        SpectralAmplitudeLoss(0.7)

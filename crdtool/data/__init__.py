@@ -36,18 +36,20 @@ def _check_layout(layout: str) -> None:
 
 def build_dataset(layout: Layout, root: str | Path, phase: str = "train", *, load_size: int = 286,
                   crop_size: int = 256, train: bool | None = None, seed: int = 0, direction: str = "AtoB",
-                  max_size: int | None = None, test_fraction: float = 0.1
+                  max_size: int | None = None, test_fraction: float = 0.1, crop_align: int = 1, flip: bool = True
                   ) -> UnalignedDataset | AlignedDataset | FolderDataset:
     """One entry point for every layout; ``train`` defaults to ``phase == "train"``; ``test_fraction``
-    is the held-out share of a folder layout without a test/ subfolder."""
+    is the held-out share of a folder layout without a test/ subfolder; ``crop_align`` and ``flip`` shape the
+    training crops (``transforms.sample_params``)."""
     _check_layout(layout)
     train = (phase == "train") if train is None else train
     if layout == "folder":
         return FolderDataset(root, phase=phase, load_size=load_size, crop_size=crop_size, train=train, seed=seed,
-                             direction=direction, max_size=max_size, test_fraction=test_fraction)
+                             direction=direction, max_size=max_size, test_fraction=test_fraction,
+                             crop_align=crop_align, flip=flip)
     cls = UnalignedDataset if layout == "unaligned" else AlignedDataset
     return cls(root, phase=phase, load_size=load_size, crop_size=crop_size, train=train, seed=seed,
-               direction=direction, max_size=max_size)
+               direction=direction, max_size=max_size, crop_align=crop_align, flip=flip)
 
 
 def test_phase(layout: Layout, root: str | Path) -> str:

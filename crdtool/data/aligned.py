@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from crdtool.data.base import LayoutDataset
 from crdtool.data.splits import aligned_halves
-from crdtool.data.transforms import pair_transform, resolve_key, sample_rng
+from crdtool.data.transforms import apply_params, pair_transform, resolve_key, sample_rng
 
 LAYOUT = "an aligned dataset needs root/train and root/val (or root/test) of side-by-side A|B images (pix2pix layout)"
 
@@ -20,8 +20,10 @@ class AlignedDataset(LayoutDataset):
     """
 
     def __init__(self, root: str | Path, phase: str = "train", load_size: int = 286, crop_size: int = 256,
-                 train: bool = True, seed: int = 0, direction: str = "AtoB", max_size: int | None = None):
-        super().__init__(root, phase, load_size, crop_size, train, seed, direction, max_size)
+                 train: bool = True, seed: int = 0, direction: str = "AtoB", max_size: int | None = None,
+                 crop_align: int = 1, flip: bool = True):
+        super().__init__(root, phase, load_size, crop_size, train, seed, direction, max_size,
+                         crop_align=crop_align, flip=flip)
         self.dir_AB = self.root / phase
         self.files = self._images(self.dir_AB, LAYOUT)
 
@@ -34,6 +36,9 @@ class AlignedDataset(LayoutDataset):
         left, right = aligned_halves(ab)
         if self.direction == "BtoA":
             left, right = right, left
-        rng = sample_rng(self.seed, epoch, i) if self.train else None
-        a, b = pair_transform(left, right, rng, self.load_size, self.crop_size, train=self.train)
+        if self.train:
+            params = self.draw(sample_rng(self.seed, epoch, i))
+            a, b = (apply_params(img, params, self.load_size, self.crop_size) for img in (left, right))
+        else:
+            a, b = pair_transform(left, right, None, self.load_size, self.crop_size, train=False)
         return {"A": a, "B": b, "A_path": str(path), "B_path": str(path)}

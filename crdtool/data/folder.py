@@ -16,7 +16,7 @@ import torch
 
 from crdtool.data.base import LayoutDataset
 from crdtool.data.images import FallbackImages, list_images
-from crdtool.data.transforms import CropFlip, apply_params, resolve_key, sample_params, sample_rng
+from crdtool.data.transforms import CropFlip, apply_params, resolve_key, sample_rng
 from crdtool.errors import CrdError
 
 LAYOUT = "a folder layout needs root/ with images (and optionally root/test/ with held-out ones)"
@@ -50,8 +50,9 @@ class FolderDataset(LayoutDataset):
 
     def __init__(self, root: str | Path, phase: str = "train", load_size: int = 286, crop_size: int = 256,
                  train: bool = True, seed: int = 0, direction: str = "AtoB", max_size: int | None = None,
-                 test_fraction: float = 0.1):
-        super().__init__(root, phase, load_size, crop_size, train, seed, direction, max_size)
+                 test_fraction: float = 0.1, crop_align: int = 1, flip: bool = True):
+        super().__init__(root, phase, load_size, crop_size, train, seed, direction, max_size,
+                         crop_align=crop_align, flip=flip)
         files, self.description = folder_split(self.root, phase, test_fraction)
         if max_size is not None:
             files = files[:max_size]
@@ -64,7 +65,7 @@ class FolderDataset(LayoutDataset):
         epoch, i = resolve_key(key, self.epoch, len(self))
         img, path = self.files_A.load(i)
         if self.train:
-            params, size = sample_params(sample_rng(self.seed, epoch, i), self.load_size, self.crop_size), self.load_size
+            params, size = self.draw(sample_rng(self.seed, epoch, i)), self.load_size
         else:
             params, size = CropFlip(0, 0, False), self.crop_size
         a = apply_params(img, params, size, self.crop_size)

@@ -41,10 +41,17 @@ def check_sizes(load_size: int, crop_size: int) -> None:
         raise CrdError(f"load_size ({load_size}) must be >= crop_size ({crop_size})")
 
 
-def sample_params(rng: random.Random, load_size: int, crop_size: int) -> CropFlip:
-    """Draw crop offset and flip; the draw order (x, y, flip) is fixed so results are stable."""
+def sample_params(rng: random.Random, load_size: int, crop_size: int, align: int = 1, flip: bool = True) -> CropFlip:
+    """Draw crop offset and flip; the draw order (x, y, flip) is fixed so results are stable.
+
+    ``align`` rounds the offsets down to multiples of it, and ``flip=False`` keeps every crop unflipped
+    (the draws are made all the same, so other settings' samples do not move). Both matter when the
+    target is cut from a teacher's output of the whole image: a generator's output carries a texture
+    tied to its stride-2 upsampling grid, which a crop at an offset off that grid, or a mirrored crop,
+    shifts against the student's own grid."""
     slack = max(0, load_size - crop_size)
-    return CropFlip(rng.randint(0, slack), rng.randint(0, slack), rng.random() > 0.5)
+    x, y, f = rng.randint(0, slack), rng.randint(0, slack), rng.random() > 0.5
+    return CropFlip(x - x % align, y - y % align, f and flip)
 
 
 def apply_params(img: Image.Image, params: CropFlip, load_size: int, crop_size: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from crdtool.data.base import LayoutDataset
-from crdtool.data.transforms import (apply_params, eval_transform, resolve_key, sample_params, sample_rng,
+from crdtool.data.transforms import (apply_params, eval_transform, resolve_key, sample_rng,
                                      train_transform)
 
 LAYOUT = "an unaligned dataset needs root/trainA, root/trainB, root/testA, root/testB (CycleGAN layout)"
@@ -24,8 +24,10 @@ class UnalignedDataset(LayoutDataset):
     """
 
     def __init__(self, root: str | Path, phase: str = "train", load_size: int = 286, crop_size: int = 256,
-                 train: bool = True, seed: int = 0, direction: str = "AtoB", max_size: int | None = None):
-        super().__init__(root, phase, load_size, crop_size, train, seed, direction, max_size)
+                 train: bool = True, seed: int = 0, direction: str = "AtoB", max_size: int | None = None,
+                 crop_align: int = 1, flip: bool = True):
+        super().__init__(root, phase, load_size, crop_size, train, seed, direction, max_size,
+                         crop_align=crop_align, flip=flip)
         src, dst = ("A", "B") if direction == "AtoB" else ("B", "A")
         self.dir_A, self.dir_B = self.root / f"{phase}{src}", self.root / f"{phase}{dst}"
         self.files_A = self._images(self.dir_A, LAYOUT)
@@ -41,7 +43,7 @@ class UnalignedDataset(LayoutDataset):
             b_index = rng.randrange(len(self.files_B))
             img_a, path_a = self.files_A.load(i % len(self.files_A))
             img_b, path_b = self.files_B.load(b_index)
-            params = sample_params(rng, self.load_size, self.crop_size)  # the draws train_transform makes
+            params = self.draw(rng)  # the draws train_transform makes
             a = apply_params(img_a, params, self.load_size, self.crop_size)
             b = train_transform(img_b, rng, self.load_size, self.crop_size)
             return {"A": a, "B": b, "A_path": str(path_a), "B_path": str(path_b),

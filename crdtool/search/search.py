@@ -198,7 +198,7 @@ class SearchLoss(nn.Module):
     @property
     def description(self) -> str:
         if self.vgg is not None:
-            return "L1 + VGG-16 content + style"
+            return f"L1 + VGG content + style: {self.vgg.vgg.describe()}"
         return "L1 + Gram style of the raw outputs (no VGG weights given)"
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -67,7 +67,7 @@ def build_datasets(recipe: Recipe, notes: list[str]) -> tuple[Any, Any, torch.Te
 
     d = recipe.data
     common = dict(load_size=d.load_size, crop_size=d.crop_size, seed=recipe.seed, direction=d.direction,
-                  test_fraction=d.test_fraction)
+                  test_fraction=d.test_fraction, crop_align=d.crop_align, flip=d.flip)
     train_set = build_dataset(d.layout, d.root, "train", train=True, **common)
     test_set = build_dataset(d.layout, d.root, test_phase(d.layout, d.root), train=False, **common)
     if d.layout == "folder":

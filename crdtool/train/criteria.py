@@ -13,16 +13,18 @@ from crdtool.runtime import Runtime
 
 @dataclass
 class Criteria:
-    """``gan`` for every adversarial term; ``crd``, ``irkd`` and ``perceptual`` for the student (None: off)."""
+    """``gan`` for every adversarial term; ``crd``, ``irkd``, ``perceptual`` and ``spectral`` for the student
+    (None: off)."""
 
     gan: Any
     crd: nn.Module | None
     irkd: nn.Module | None
     perceptual: nn.Module | None
+    spectral: nn.Module | None = None
 
 
 def build_criteria(recipe: Recipe, rt: Runtime) -> Criteria:
-    from crdtool.losses import CRDLoss, GANLoss, InstanceRKDLoss, PerceptualLoss, load_vgg16
+    from crdtool.losses import CRDLoss, GANLoss, InstanceRKDLoss, PerceptualLoss, SpectralAmplitudeLoss, load_vgg16
 
     L = recipe.loss
     gan = GANLoss(recipe.discriminator.gan_mode)
@@ -33,4 +35,5 @@ def build_criteria(recipe: Recipe, rt: Runtime) -> Criteria:
     perceptual = None
     if L.vgg_weights is not None and (L.lambda_style > 0 or L.lambda_feature > 0):
         perceptual = rt.module(PerceptualLoss(load_vgg16(L.vgg_weights)))
-    return Criteria(gan, crd, irkd, perceptual)
+    spectral = SpectralAmplitudeLoss(L.spectral_min_freq) if L.lambda_spectral > 0 else None
+    return Criteria(gan, crd, irkd, perceptual, spectral)

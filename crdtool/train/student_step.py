@@ -1,5 +1,6 @@
-"""The student's step: distil the teacher's output (CRD or instance RKD, pixel L1, perceptual terms, and
-the adversarial term of a frozen discriminator), then, where the schedule asks, one discriminator update."""
+"""The student's step: distil the teacher's output (CRD or instance RKD, pixel L1, high-band amplitude
+spectrum, perceptual terms, and the adversarial term of a frozen discriminator), then, where the schedule
+asks, one discriminator update."""
 
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ class StudentStep:
                 terms["rkd"] = L.lambda_crd * crit.irkd(s.float(), teacher_out.float())
             if L.lambda_pixel > 0:
                 terms["pixel"] = L.lambda_pixel * F.l1_loss(s.float(), teacher_out.float())
+            if crit.spectral is not None:
+                terms["spectral"] = L.lambda_spectral * crit.spectral(s.float(), teacher_out.float())
             if crit.perceptual is not None:
                 style, feat = crit.perceptual(s, teacher_out)
                 terms["style"] = L.lambda_style * style

@@ -1,0 +1,90 @@
+"""Which part of the vintagify teacher's texture does FID see? Swap frequency bands of a student's output
+for the teacher's own, and score each hybrid with real_teacher.py's distribution FID/KID.
+
+The students of benchmarks/real_teacher.py reach the teacher's colours and PSNR well above the input's,
+yet their distribution FID stays near the input's. Each row here keeps the student's output and replaces
+one part of its 2-D spectrum (per image and channel, 256 px) by the teacher's output's:
+
+  nyquist_lines        the bins within 2 of the Nyquist frequency in either axis: a stride-2 grid texture
+  band_025_0375        bins with max(|fy|, |fx|) in [0.25, 0.375) cycles/px
+  band_0375_05         bins with max(|fy|, |fx|) in [0.375, 0.5]
+  high_band            both bands (>= 0.25 cycles/px)
+  high_band_amplitude  the teacher's amplitudes in that band with the student's phases: what a
+                       phase-free loss (crdtool.losses.SpectralAmplitudeLoss) can ask of a student
+  noise_0.02           Gaussian noise of std 0.02 instead: any high-band energy at all
+
+    python benchmarks/texture_oracle.py --student benchmarks/results/real_teacher_skip_filter/real_teacher/pixel_detail-seed0.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_teacher as rt  # noqa: E402
+
+
+def band_masks(n: int) -> dict[str, torch.Tensor]:
+    """(n, n) bool masks over ``fft2`` bins, by max(|fy|, |fx|) in cycles per pixel."""
+    f = torch.fft.fftfreq(n).abs()
+    fy, fx = f[:, None].expand(n, n), f[None, :].expand(n, n)
+    r = torch.maximum(fy, fx)
+    nyquist = ((fy - 0.5).abs() <= 2 / n) | ((fx - 0.5).abs() <= 2 / n)
+    return {"nyquist_lines": nyquist, "band_025_0375": (r >= 0.25) & (r < 0.375), "band_0375_05": r >= 0.375,
+            "high_band": r >= 0.25}
+
+
+def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The student's outputs with parts of their spectra taken from the teacher's, in [-1, 1]."""
+    S, T = torch.fft.fft2(student.double()), torch.fft.fft2(teacher.double())
+    back = lambda F: torch.fft.ifft2(F).real.clamp(-1, 1).float()  # noqa: E731
+    out = {"student": student}
+    masks = band_masks(student.shape[-1])
+    for name, m in masks.items():
+        out[name] = back(torch.where(m, T, S))
+    out["high_band_amplitude"] = back(torch.where(masks["high_band"], S / S.abs().clamp_min(1e-12) * T.abs(), S))
+    g = torch.Generator().manual_seed(0)
+    out["noise_0.02"] = (student + 0.02 * torch.randn(student.shape, generator=g)).clamp(-1, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from crdtool.models.checkpoints import load_generator
+    from crdtool.train.teacher_cache import TeacherCache, weights_digest
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=rt.Settings.data)
+    p.add_argument("--student", type=Path, required=True, help="a real_teacher.py student file")
+    p.add_argument("--work-dir", type=Path, default=rt.ROOT / "runs" / "real_teacher" / "texture_oracle",
+                   help="Inception features (the reference set's are reused from real_teacher.py's work dir)")
+    p.add_argument("--out", type=Path, default=rt.RESULTS / "texture_oracle")
+    a = p.parse_args(argv)
+    s = rt.Settings(data=a.data.resolve(), work_dir=a.work_dir.resolve(), threads=2)
+    torch.set_num_threads(s.threads)
+    cache = TeacherCache(rt.load_teacher(s), s.cache_dir)
+    scorer = rt.Scorer(s, rt.build_splits(s, cache), cache)
+    evaluated, _ = scorer.heldout()
+    student = load_generator(a.student)
+    tag = f"{a.student.stem}-{weights_digest(student)[:12]}"
+    rows = {}
+    for name, images in hybrids(rt.translate(student, evaluated.inputs), evaluated.teacher).items():
+        rows[name] = {k: round(v, 5) for k, v in scorer.score_dist(f"oracle-{tag}-{name}", images).items()}
+        rt.log(f"{name}: {rows[name]}")
+    res = {"format": "crdtool.texture-oracle", "version": 1, "student": rt.rel(a.student), "rows": rows,
+           "what": (f"the student's outputs on {s.dist_fid_images} held-out photos with parts of their 2-D spectra "
+                    "(per image and channel) replaced by the vintagify teacher's, scored against the teacher's "
+                    f"outputs on {s.dist_fid_images} other photos (real_teacher.py's distribution FID/KID)"),
+           **rt.provenance("texture_oracle.py", argv)}
+    lines = [f"# What FID sees of the teacher's texture: {rt.rel(a.student)}", "",
+             "| output | FID distribution | KID distribution |", "|---|---|---|"]
+    lines += [f"| {k} | {v['fid_dist_to_teacher']:.2f} | {v['kid_dist_to_teacher']:.4f} |" for k, v in rows.items()]
+    rt.write_report(res, a.out, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
