@@ -784,9 +784,13 @@ def write_markdown(res: dict, path: Path) -> None:
     st = res["settings"]
     lines += ["", res["metrics_note"] + "."]
     lines += ["", f"Settings: {st['train_images']} training photos (first of trainA), {st['steps']} steps of batch "
-              f"{st['batch']} random {st['crop']} px crops of (input, cached teacher output), Adam lr {st['lr']} "
+              f"{st['batch']} random {st['crop']} px crops of (input, cached teacher output)"
+              f"{', offsets in multiples of ' + str(st['crop_align']) if st.get('crop_align', 1) > 1 else ''}"
+              f"{', no flips' if not st.get('flip', True) else ''}, Adam lr {st['lr']} "
               f"betas {st['betas']}, linear decay over the last {int(100 * (1 - st['decay_from']))}% of steps; "
-              f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}; "
+              f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}, detail "
+              f"{st.get('lambda_detail')}, spectral {st.get('lambda_spectral')} (from {st.get('spectral_min_freq')} "
+              f"cycles/px); "
               f"VGG-19 style 1e4 / feature 10. Host: {res['host']['cpu']} ({', '.join(res['host']['cpu_flags'])}), "
               f"{st['threads']} threads, load {res['host']['load_avg']}. Runs made by: "
               f"{', '.join('`' + c + '`' for c in res['run_commands'])}; this file by `{res['command']}`."]

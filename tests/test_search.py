@@ -235,6 +235,14 @@ def test_arch_json_round_trip_profile_equals_lookup_table(tmp_path):
         table = arch_macs(spec.arch, size)["total"]
         assert abs(prof.total("literature") - table) <= 0.02 * table
         assert prof.total("literature") == table  # InstanceNorm without affine costs 0: exact agreement
+    # `crdtool profile arch.json` builds the same network
+    from typer.testing import CliRunner
+
+    from crdtool.cli import app
+
+    out = CliRunner().invoke(app, ["profile", str(path), "--size", "64", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["macs"]["literature"] == arch_macs(spec.arch, 64)["total"]
 
 
 def test_searched_generator_round_trips_through_safetensors(tmp_path):

@@ -322,3 +322,14 @@ def test_fid_inception_by_id_and_default_lookup(cache, monkeypatch):
     (cache / "fid-inception.pt").write_bytes(b"x")
     assert fid.resolve_inception_path("weights:fid-inception") == cache / "fid-inception.pt"
     assert fid.default_inception_path() == cache / "fid-inception.pt"
+
+
+def test_results_name_a_cached_file_by_its_id(tmp_path, cache):
+    """A search's arch.json records its teacher as weights:ID, not as this machine's cache path."""
+    cache.mkdir(parents=True)
+    cached = cache / "vintagify.safetensors"
+    cached.write_bytes(b"x")
+    assert weights.reference_name(cached) == "weights:vintagify"
+    other = tmp_path / "vintagify.safetensors"  # same name, another folder: a user's own file
+    other.write_bytes(b"x")
+    assert weights.reference_name(other) == str(other)

@@ -32,8 +32,8 @@ from crdtool.weights.cache import PREFIX as WEIGHTS_PREFIX, resolve_reference
 
 def profile(
     target: Optional[str] = typer.Argument(
-        None, help="A recipe (.toml: teacher vs student) or a generator checkpoint (.safetensors, run folder, "
-                   "official .pth). Omit it and give --model instead."),
+        None, help="A recipe (.toml: teacher vs student), a searched arch.json, or a generator checkpoint "
+                   "(.safetensors, run folder, official .pth). Omit it and give --model instead."),
     model: Optional[str] = typer.Option(None, "--model", help="Generator family, e.g. resnet, mobile_resnet, unet."),
     ngf: Optional[int] = typer.Option(None, "--ngf", help="Width (with --model; default: the family's, 64 for most)."),
     n_blocks: Optional[int] = typer.Option(
@@ -85,6 +85,10 @@ def _profile_target(target: Optional[str], model: Optional[str], ngf: Optional[i
         raise CrdError("nothing to profile: give a recipe (.toml), a checkpoint, or --model NAME")
     if target.endswith(".toml"):
         return profile_recipe(target, size)
+    if target.endswith(".json"):  # a network derived by `crdtool search` (arch.json)
+        from crdtool.models.sr_student import load_arch_spec
+
+        return profile_spec(load_arch_spec(target), 256 if size is None else size)
     if target.startswith(WEIGHTS_PREFIX):  # a cached reference generator, e.g. weights:vintagify
         target = str(resolve_reference(target, "profile"))
     from crdtool.models.checkpoints import checkpoint_layout

@@ -254,7 +254,9 @@ def _load_teacher(cfg: SearchConfig, warnings: list[str]) -> tuple[nn.Module, st
         if path.is_dir() and (path / "teacher.safetensors").is_file():
             path = path / "teacher.safetensors"
         if path.exists():
-            return load_generator(path), str(path)
+            from crdtool.weights import reference_name
+
+            return load_generator(path), reference_name(path)
         if not cfg.search.allow_random_teacher:
             raise CrdError(f"teacher checkpoint not found: {path} (run the teacher's distill first, or set "
                            f"search.allow_random_teacher = true for a smoke test)")

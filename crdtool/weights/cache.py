@@ -70,6 +70,17 @@ def cached_path(weights_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def reference_name(path: str | Path) -> str:
+    """How a results file names a weights file: ``weights:ID`` for a file of the cache (its location is
+    this machine's business), else the path as given."""
+    p = Path(path)
+    for w in KNOWN.values():
+        cached = cache_dir() / w.cached_name
+        if p.name == cached.name and p.is_file() and cached.is_file() and p.resolve() == cached.resolve():
+            return PREFIX + w.id
+    return str(path)
+
+
 def resolve_reference(value: str, where: str) -> Path:
     """``"weights:ID"`` -> the cached file; ``where`` (e.g. "recipe.toml: teacher.checkpoint") starts the
     one-line error when the id is unknown or not fetched yet."""
