@@ -50,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--calib-images", type=int, default=32)
+    p.add_argument("--verify-images", type=int, default=16,
+                   help="testA photos each artifact is checked on against PyTorch (parity, int8 PSNR)")
     p.add_argument("--real-student", type=Path, default=None, help="default: the first real_teacher/*-seed0 file")
     p.add_argument("--no-teacher-int8", action="store_true", help="skip the teacher's int8 exports (slow)")
     p.add_argument("--work", type=Path, default=None,
@@ -121,7 +123,7 @@ def export_all(name: str, ckpt: Path, work: Path, args: argparse.Namespace, int8
                                    int8_cpu=int8 and not (et_only and name == "teacher"),
                                    openvino=not et_only, executorch=args.part != "no-executorch", ncnn=not et_only,
                                    size=args.size, images=args.data / "testA", calib_images=args.calib_images,
-                                   verify_images=4)
+                                   verify_images=args.verify_images)
             print(f"exported {folder} in {time.perf_counter() - t0:.0f} s: "
                   + ", ".join(f"{r.artifact} ({r.status})" for r in res.rows), flush=True)
             manifest = json.loads(res.manifest.read_text())
@@ -250,7 +252,7 @@ def main(argv: list[str]) -> int:
         doc = {"format": "crdtool.edge_cpu", "version": 1, "command": command, "started": started,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_avg_start": load_start,
                "load_avg_end": load_avg(), "host": cpu_info(), "threads": args.threads, "size": args.size,
-               "versions": versions, "models": {k: v[1] for k, v in found.items()},
+               "verify_images": args.verify_images, "calib_images": args.calib_images, "versions": versions, "models": {k: v[1] for k, v in found.items()},
                "exports": exports, "summary": summary, "measurements": rows}
         doc = sanitize(doc, work)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -356,7 +358,9 @@ def markdown(doc: dict[str, Any]) -> str:
               f"subgraphs, ops left to portable kernels: {et_raw.get('undelegated_ops')}.",
               "", "- 'floor ms' = exact MACs / the dense fp32 matmul rate probed in the same measurement; "
               "'of floor' = floor / median (best round). The CPU is shared: compare rows of one round.",
-              "- Parity: each artifact vs the PyTorch fp32 model on 4 real images, from its export manifest."]
+              f"- Parity: each artifact vs the PyTorch fp32 model on the first {doc.get('verify_images', 4)} testA photos, "
+              "from its export manifest; int8 calibrated on the first "
+              f"{doc.get('calib_images', 32)} (calibration and parity photos overlap: no training photos here)."]
     return "\n".join(lines) + "\n"
 
 
