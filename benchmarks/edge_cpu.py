@@ -107,23 +107,35 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, tuple[Path, str]]:
 def export_all(name: str, ckpt: Path, work: Path, args: argparse.Namespace, int8: bool) -> dict[str, Any]:
     """Export (or reuse from --work) every artifact of one model; the ExecuTorch part may live in NAME-executorch/."""
     from crdtool.deploy.export import export_artifacts
+    from crdtool.errors import CrdError
 
     folders = {"all": [name], "no-executorch": [name], "executorch": [f"{name}-executorch"]}[args.part]
     if not args.export_only:
         # measure what was exported into --work; a part still being exported in parallel is picked up later
         folders = [f for f in (name, f"{name}-executorch") if (work / f / "manifest.json").is_file()]
-    out: dict[str, Any] = {"files": {}, "parity": {}, "notes": {}, "export_seconds": {}}
+    out: dict[str, Any] = {"files": {}, "parity": {}, "notes": {}, "export_seconds": {}, "refused": {}}
     for folder in folders:
         mf = work / folder / "manifest.json"
+        refused = work / folder / "refused.txt"  # an export the parity gate refused: recorded, not retried
+        if refused.is_file():
+            out["refused"][folder] = refused.read_text().strip()
+            continue
         if not mf.is_file():
             t0 = time.perf_counter()
             et_only = folder.endswith("-executorch")
             # the teacher's XNNPACK int8 is left out: its PT2E calibration + lowering alone took > 20 min here
-            res = export_artifacts(ckpt, work / folder, onnx=not et_only,
-                                   int8_cpu=int8 and not (et_only and name == "teacher"),
-                                   openvino=not et_only, executorch=args.part != "no-executorch", ncnn=not et_only,
-                                   size=args.size, images=args.data / "testA", calib_images=args.calib_images,
-                                   verify_images=args.verify_images)
+            try:
+                res = export_artifacts(ckpt, work / folder, onnx=not et_only,
+                                       int8_cpu=int8 and not (et_only and name == "teacher"),
+                                       openvino=not et_only, executorch=args.part != "no-executorch",
+                                       ncnn=not et_only, size=args.size, images=args.data / "testA",
+                                       calib_images=args.calib_images, verify_images=args.verify_images)
+            except CrdError as e:
+                print(f"export of {folder} refused: {e}", flush=True)
+                refused.parent.mkdir(parents=True, exist_ok=True)
+                refused.write_text(str(e) + "\n")
+                out["refused"][folder] = str(e)
+                continue
             print(f"exported {folder} in {time.perf_counter() - t0:.0f} s: "
                   + ", ".join(f"{r.artifact} ({r.status})" for r in res.rows), flush=True)
             manifest = json.loads(res.manifest.read_text())
@@ -324,6 +336,14 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def parity_counts(doc: dict[str, Any]) -> str:
+    counts: dict[str, set[int]] = {}
+    for e in doc["exports"].values():
+        for kind, p in e.get("parity", {}).items():
+            counts.setdefault(kind, set()).add(int(p.get("n_images", 0)))
+    return ", ".join(f"{k} {'/'.join(map(str, sorted(v)))}" for k, v in sorted(counts.items()))
+
+
 def markdown(doc: dict[str, Any]) -> str:
     s = doc["summary"]
     host = doc["host"]
@@ -353,13 +373,17 @@ def markdown(doc: dict[str, Any]) -> str:
     for r in s["ratios"]:
         lines.append(f"| {r['backend']} | {r['precision']} | {r['student']} | "
                      f"{', '.join(f'{x:.1f}x' for x in r['per_round'])} | **{r['median']:.1f}x** |")
+    refused = [(f, why) for e in doc["exports"].values() for f, why in (e.get("refused") or {}).items()]
+    if refused:
+        lines += ["", "Exports refused by the parity gate (not timed):", ""]
+        lines += [f"- {f}: {why}" for f, why in refused]
     et_raw = s.get("executorch_without_rewrite") or {}
     lines += ["", f"ExecuTorch lowering without the exact rewrite: {et_raw.get('xnnpack_subgraphs')} XNNPACK "
               f"subgraphs, ops left to portable kernels: {et_raw.get('undelegated_ops')}.",
               "", "- 'floor ms' = exact MACs / the dense fp32 matmul rate probed in the same measurement; "
               "'of floor' = floor / median (best round). The CPU is shared: compare rows of one round.",
-              f"- Parity: each artifact vs the PyTorch fp32 model on the first {doc.get('verify_images', 4)} testA photos, "
-              "from its export manifest; int8 calibrated on the first "
+              "- Parity: each artifact vs the PyTorch fp32 model on the first N testA photos, from its export manifest "
+              f"(N per artifact kind: {parity_counts(doc)}); int8 calibrated on the first "
               f"{doc.get('calib_images', 32)} (calibration and parity photos overlap: no training photos here)."]
     return "\n".join(lines) + "\n"
 

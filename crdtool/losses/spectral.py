@@ -4,7 +4,7 @@ A pixel loss to a teacher's output teaches the colours and the edges, but the fi
 band above a quarter of the sampling rate, it learns slowly and averages out: where a few pixels'
 exact phase is hard to predict, the L1 optimum is smoother than the teacher. FID notices. On the
 vintagify teacher, putting the teacher's own high-band *amplitudes* under a pixel-trained student's
-phases moved its FID to the teacher's outputs from 80.4 to 75.9 (the teacher's own floor is 70.2);
+phases moved its FID to the teacher's outputs from 81.0 to 76.3 (the teacher's own floor is 70.2);
 copying the Nyquist lines alone did nothing (``benchmarks/results/texture_oracle.md``).
 
 ``SpectralAmplitudeLoss`` compares the amplitude spectra of the two images (orthonormal 2-D FFT per
