@@ -11,7 +11,8 @@ dense fp32 matmul rate probed in the same run (the compute floor).
 Models: the teacher is the real vintagify CycleGAN generator (resnet ngf64, affine InstanceNorm) when
 `crdtool weights get vintagify` has cached it, else a random-weight resnet ngf64; the student is a
 random-weight mobile_resnet ngf16; a real distilled student (benchmarks/results/real_teacher/*-seed0.safetensors)
-is added when present, and a searched student (``--searched runs/vintage-search/arch.json``, random weights). Latency does not depend on weight values; int8 fidelity does.
+is added when present, and a searched student (``--searched runs/vintage-search/arch.json``, random
+weights). Latency does not depend on weight values; int8 fidelity does.
 
     python benchmarks/edge_cpu.py                       # 2 rounds, writes benchmarks/results/edge_cpu.{json,md,png}
     python benchmarks/edge_cpu.py --rounds 1 --student-runs 10 --out runs/edge_quick
@@ -264,7 +265,8 @@ def main(argv: list[str]) -> int:
         doc = {"format": "crdtool.edge_cpu", "version": 1, "command": command, "started": started,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_avg_start": load_start,
                "load_avg_end": load_avg(), "host": cpu_info(), "threads": args.threads, "size": args.size,
-               "verify_images": args.verify_images, "calib_images": args.calib_images, "versions": versions, "models": {k: v[1] for k, v in found.items()},
+               "verify_images": args.verify_images, "calib_images": args.calib_images, "versions": versions,
+               "models": {k: v[1] for k, v in found.items()},
                "exports": exports, "summary": summary, "measurements": rows}
         doc = sanitize(doc, work)
         args.out.mkdir(parents=True, exist_ok=True)

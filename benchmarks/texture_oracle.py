@@ -13,7 +13,8 @@ one part of its 2-D spectrum (per image and channel, 256 px) by the teacher's ou
                        phase-free loss (crdtool.losses.SpectralAmplitudeLoss) can ask of a student
   noise_0.02           Gaussian noise of std 0.02 instead: any high-band energy at all
 
-    python benchmarks/texture_oracle.py --student benchmarks/results/real_teacher_skip_filter/real_teacher/pixel_detail-seed0.safetensors
+    python benchmarks/texture_oracle.py \
+        --student benchmarks/results/real_teacher_skip_filter/real_teacher/pixel_detail-seed0.safetensors
 """
 
 from __future__ import annotations

@@ -65,8 +65,10 @@ def build_edge_artifacts(model: nn.Module, staging: Path, stem: str, shape: tupl
         out.append(EdgeArtifact("openvino-fp32", xml, parity, extra, [ov.weights_path(xml)]))
         if calib is not None:
             q = ov.quantize_int8(xml, staging / f"{stem}.int8.xml", calib)
-            extra = {"openvino": _version("openvino"), "nncf": _version("nncf"), "method": "NNCF PTQ (mixed preset: "
-                     "symmetric int8 weights, asymmetric u8 activations; MatMuls fp32)", "calibration_images": int(len(calib)), **ov.describe(q).to_dict()}
+            extra = {"openvino": _version("openvino"), "nncf": _version("nncf"),
+                     "method": "NNCF PTQ (mixed preset: symmetric int8 weights, asymmetric u8 activations; "
+                               "MatMuls fp32)",
+                     "calibration_images": int(len(calib)), **ov.describe(q).to_dict()}
             out.append(EdgeArtifact("openvino-int8", q, onnx_mod.measure_parity(reference, ov.run_ir(q, verify)),
                                     extra, [ov.weights_path(q)]))
     if ncnn:
