@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from crdtool.data.base import LayoutDataset
 from crdtool.data.splits import aligned_halves
-from crdtool.data.transforms import apply_params, pair_transform, resolve_key, sample_rng
+from crdtool.data.transforms import apply_params, eval_transform, resolve_key, sample_rng
 
 LAYOUT = "an aligned dataset needs root/train and root/val (or root/test) of side-by-side A|B images (pix2pix layout)"
 
@@ -40,5 +40,5 @@ class AlignedDataset(LayoutDataset):
             params = self.draw(sample_rng(self.seed, epoch, i))
             a, b = (apply_params(img, params, self.load_size, self.crop_size) for img in (left, right))
         else:
-            a, b = pair_transform(left, right, None, self.load_size, self.crop_size, train=False)
+            a, b = eval_transform(left, self.crop_size), eval_transform(right, self.crop_size)
         return {"A": a, "B": b, "A_path": str(path), "B_path": str(path)}

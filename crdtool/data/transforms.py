@@ -75,17 +75,6 @@ def eval_transform(img: Image.Image, crop_size: int) -> torch.Tensor:
     return apply_params(img, CropFlip(0, 0, False), crop_size, crop_size)
 
 
-def pair_transform(a: Image.Image, b: Image.Image, rng: random.Random | None, load_size: int, crop_size: int,
-                   train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both halves of an aligned pair get ONE set of random parameters, so they stay registered."""
-    if not train:
-        return eval_transform(a, crop_size), eval_transform(b, crop_size)
-    if rng is None:
-        raise ValueError("a train pair transform needs an rng")
-    params = sample_params(rng, load_size, crop_size)
-    return apply_params(a, params, load_size, crop_size), apply_params(b, params, load_size, crop_size)
-
-
 def check_direction(direction: str) -> str:
     if direction not in ("AtoB", "BtoA"):
         raise CrdError(f"direction must be 'AtoB' or 'BtoA', got {direction!r}")
