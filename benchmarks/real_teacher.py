@@ -71,6 +71,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RESULT_FORMAT = "crdtool.real-teacher"
 VIEW = "resize256"  # the cache entry: whole image, square bicubic resize to 256
+# More training pairs from the same photos: each view transforms the *input*, and the teacher translates
+# the result. Mirroring a cached output instead would move the teacher's stride-2 grid texture by a pixel
+# against the student's grid; a mirrored input gives the teacher's texture on its own grid.
+TRAIN_VIEWS = {"mirror": lambda x: x.flip(-1), "vflip": lambda x: x.flip(-2), "rot180": lambda x: x.flip(-2, -1)}
 
 ARMS: dict[str, str] = {
     "pixel": "L1 to the teacher output",
@@ -116,6 +120,8 @@ class Settings:
     lambda_detail: float = 10.0
     lambda_spectral: float = 20.0
     spectral_min_freq: float = 0.25  # cycles per pixel: the band whose amplitudes the spectral term matches
+    spectral_pool: int = 1  # compare the RMS amplitude of pool x pool blocks of bins (1: each bin)
+    train_views: list[str] = field(default_factory=list)  # extra teacher-translated views (TRAIN_VIEWS)
     crd_patch: int = 32
     threads: int = 1  # on a shared 2-core host one thread per process beat two (less oversubscription)
     results_dir: Path = RESULTS
@@ -201,18 +207,22 @@ def build_splits(s: Settings, cache, sets: dict[str, list[Path]] | None = None) 
 
     out = {}
     for name, files in (sets or split_files(s)).items():
-        xs, ts = [], []
+        xs, ts, names = [], [], []
         t0, misses0 = time.perf_counter(), cache.misses
-        for i in range(0, len(files), 4):
-            chunk = files[i:i + 4]
-            x = torch.stack([eval_transform(load_image(f), s.size) for f in chunk])
-            ts.append(cache.outputs(chunk, x, VIEW))
-            xs.append(x)
-            if cache.misses > misses0 and (i // 4) % 25 == 24:
-                log(f"split {name}: {i + len(chunk)}/{len(files)} images ({time.perf_counter() - t0:.0f} s)")
-        log(f"split {name}: {len(files)} images, {cache.misses - misses0} translated by the teacher "
+        views = [(VIEW, lambda x: x)] + [(f"{VIEW}-{v}", TRAIN_VIEWS[v]) for v in s.train_views if name == "train"]
+        for view, transform in views:
+            for i in range(0, len(files), 4):
+                chunk = files[i:i + 4]
+                x = transform(torch.stack([eval_transform(load_image(f), s.size) for f in chunk]))
+                ts.append(cache.outputs(chunk, x, view))
+                xs.append(x)
+                if cache.misses > misses0 and (i // 4) % 25 == 24:
+                    log(f"split {name} {view}: {i + len(chunk)}/{len(files)} images "
+                        f"({time.perf_counter() - t0:.0f} s)")
+            names += files
+        log(f"split {name}: {len(names)} images, {cache.misses - misses0} translated by the teacher "
             f"({time.perf_counter() - t0:.0f} s)")
-        out[name] = Split(files, torch.cat(xs), torch.cat(ts))
+        out[name] = Split(names, torch.cat(xs), torch.cat(ts))
     return out
 
 
@@ -264,7 +274,8 @@ class Losses:
         self.s, self.terms = s, arm_terms(arm)
         self.crd = CRDLoss(patch_size=s.crd_patch) if "crd" in self.terms else None
         self.rkd = InstanceRKDLoss() if "rkd" in self.terms else None
-        self.spectral = SpectralAmplitudeLoss(s.spectral_min_freq) if "spectral" in self.terms else None
+        self.spectral = (SpectralAmplitudeLoss(s.spectral_min_freq, s.spectral_pool)
+                         if "spectral" in self.terms else None)
         self.perceptual = perceptual if "vgg" in self.terms else None
         self.gan = GANLoss("lsgan") if "gan" in self.terms else None
         self.D = build_discriminator(3, 64, 3, "instance") if self.gan else None
@@ -733,6 +744,14 @@ def _f(v: Any, d: int = 2) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
 
 
+def views_note(views: list[str]) -> str:
+    return f"; the photos also {', '.join(views)}, each translated by the teacher" if views else ""
+
+
+def pool_note(pool: int) -> str:
+    return f", in {pool}x{pool} blocks of bins" if pool > 1 else ""
+
+
 def write_markdown(res: dict, path: Path) -> None:
     stu = res["student"]
     lines = [f"# Real teacher (vintagify CycleGAN, 56.80G) -> {stu['arch']} student ({stu['gmacs_256']:.3f}G), "
@@ -786,11 +805,12 @@ def write_markdown(res: dict, path: Path) -> None:
     lines += ["", f"Settings: {st['train_images']} training photos (first of trainA), {st['steps']} steps of batch "
               f"{st['batch']} random {st['crop']} px crops of (input, cached teacher output)"
               f"{', offsets in multiples of ' + str(st['crop_align']) if st.get('crop_align', 1) > 1 else ''}"
-              f"{', no flips' if not st.get('flip', True) else ''}, Adam lr {st['lr']} "
+              f"{', no flips' if not st.get('flip', True) else ''}"
+              f"{views_note(st.get('train_views') or [])}, Adam lr {st['lr']} "
               f"betas {st['betas']}, linear decay over the last {int(100 * (1 - st['decay_from']))}% of steps; "
               f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}, detail "
               f"{st.get('lambda_detail')}, spectral {st.get('lambda_spectral')} (from {st.get('spectral_min_freq')} "
-              f"cycles/px); "
+              f"cycles/px{pool_note(st.get('spectral_pool', 1))}); "
               f"VGG-19 style 1e4 / feature 10. Host: {res['host']['cpu']} ({', '.join(res['host']['cpu_flags'])}), "
               f"{st['threads']} threads, load {res['host']['load_avg']}. Runs made by: "
               f"{', '.join('`' + c + '`' for c in res['run_commands'])}; this file by `{res['command']}`."]
@@ -827,8 +847,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop-align", type=int, default=Settings.crop_align,
                    help="crop offsets in multiples of N (4: the generator's stride)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--train-views", nargs="+", default=[], choices=list(TRAIN_VIEWS),
+                   help="more training pairs: each training photo also mirrored, upside down or turned, "
+                   "and translated by the teacher")
     p.add_argument("--lr", type=float, default=Settings.lr)
     p.add_argument("--lambda-spectral", type=float, default=Settings.lambda_spectral)
+    p.add_argument("--spectral-pool", type=int, default=Settings.spectral_pool,
+                   help="the spectral term compares N x N blocks of frequency bins (1: each bin)")
     p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
     p.add_argument("--skip-filter", action="store_true", help="a learned 3x3 filter per channel on the colour "
                    "skip's input (use another --results-dir: the default arms are without it)")
@@ -848,8 +873,9 @@ def main(argv: list[str] | None = None) -> int:
                    "rewrite the result files; trains nothing")
     a = p.parse_args(argv)
     s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
-                 crop=a.crop, crop_align=a.crop_align, flip=not a.no_flip, lr=a.lr,
-                 lambda_spectral=a.lambda_spectral, colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
+                 crop=a.crop, crop_align=a.crop_align, flip=not a.no_flip, lr=a.lr, train_views=a.train_views,
+                 lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
+                 colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads, latency=not a.no_latency, log_every=a.log_every,
                  fid_images=a.fid_images, dist_fid_images=a.dist_fid_images,
                  results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),

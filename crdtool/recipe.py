@@ -143,6 +143,9 @@ class LossConfig(RecipeSection):
         "L1 between the amplitude spectra of student and teacher outputs above loss.spectral_min_freq: the "
         "teacher's fine texture, which a pixel loss averages away (crdtool.losses.SpectralAmplitudeLoss)"))
     spectral_min_freq: float = Field(0.25, ge=0, le=0.5, description="cycles per pixel where that band starts")
+    spectral_pool: int = Field(1, ge=1, description=(
+        "compare the RMS amplitude of each N x N block of frequency bins, not each bin: the energy of a "
+        "grain-like texture, whose per-bin amplitudes are random"))
     lambda_hr: float = Field(1.0, ge=0, description="task sr: L1 between the student's output and the HR image")
     lambda_gan: float = Field(1.0, ge=0)
     lambda_cycle: float = Field(10.0, ge=0)

@@ -357,6 +357,24 @@ def test_spectral_ignores_low_band_and_phase():
     assert loss(blurred, x).item() > 0.05  # removing fine texture does count
 
 
+def test_spectral_pool_compares_block_energy_not_bins():
+    """On 8x8, cos(2 pi (i/2 + j/4)) and cos(2 pi (i/2 + 3j/8)) each put amplitude 4a (a * 64 / 2 / 8) in one
+    rfft2 bin: row 4 (|fy| = 1/2), column 2 or 3. Per bin they differ by 4a in two of the 34 in-band bins:
+    8a / 34. Both bins lie in the 2x2 block of rows 4-5 and columns 2-3, so with pool 2 the block energy is
+    the same and the loss is 0; a block that differs counts its RMS amplitude, (4a / 2) against 0."""
+    from crdtool.losses import SpectralAmplitudeLoss
+
+    a = 0.25
+    i, j = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    wave = lambda fx: (a * torch.cos(2 * torch.pi * (i / 2 + fx * j))).expand(1, 1, 8, 8)
+    assert SpectralAmplitudeLoss(0.25)(wave(0.25), wave(0.375)).item() == pytest.approx(8 * a / 34, rel=1e-4)
+    assert SpectralAmplitudeLoss(0.25, pool=2)(wave(0.25), wave(0.375)).item() < 1e-5
+    # 2x2 blocks over the 8 x 5 bins (ceil): 4 x 3 = 12, of which only rows 0-1 x columns 0-1 has no
+    # in-band bin: 11 blocks. One, rows 4-5 x columns 2-3, holds energy 16a^2 over 4 bins: RMS 2a.
+    block = SpectralAmplitudeLoss(0.25, pool=2)(wave(0.25), torch.zeros(1, 1, 8, 8)).item()
+    assert block == pytest.approx(4 * a / 2 / 11, rel=1e-4)
+
+
 def test_spectral_gradient_is_finite_on_flat_images_and_bad_band_is_a_crd_error():
     from crdtool.errors import CrdError
     from crdtool.losses import SpectralAmplitudeLoss
@@ -366,3 +384,5 @@ def test_spectral_gradient_is_finite_on_flat_images_and_bad_band_is_a_crd_error(
     assert torch.isfinite(s.grad).all()
     with pytest.raises(CrdError, match="spectral_min_freq"):
         SpectralAmplitudeLoss(0.7)
+    with pytest.raises(CrdError, match="spectral_pool"):
+        SpectralAmplitudeLoss(0.25, pool=0)

@@ -111,6 +111,33 @@ def test_memory_only_cache_and_crop_pair(tmp_path):
     assert torch.equal(xc, x[0, :, 4:20, 8:24].flip(-1)) and torch.equal(tc, t[0, :, 4:20, 8:24].flip(-1))
 
 
+class GridTeacher(torch.nn.Module):
+    """Adds a ramp over columns: an output tied to the pixel grid, as a stride-2 upsampler's texture is."""
+
+    def forward(self, x):
+        return x + torch.arange(x.shape[-1], dtype=x.dtype) / 100.0
+
+
+def test_a_mirrored_crop_is_the_teacher_on_the_mirrored_photo(tmp_path):
+    from crdtool.data.images import load_image
+    from crdtool.data.transforms import eval_transform
+
+    paths = _photos(tmp_path / "img", n=2)
+    cache = TeacherCache(GridTeacher().eval())
+    crops = torch.tensor([[4, 8, 0], [4, 8, 1]])  # the same crop of image 0, plain and mirrored
+    got = cache.batch_crops([paths[0], paths[0]], crops, 32, 16)
+    x = eval_transform(load_image(paths[0]), 32)[:, 4:20, 8:24]
+    ramp = torch.arange(32.0) / 100.0
+    assert torch.allclose(got[0], x + ramp[8:24], atol=2e-3)  # stored as float16
+    # the mirrored crop shows the teacher's grid the right way round: columns 32 - 8 - 16 = 8 .. 24 of
+    # the mirrored photo, not the plain output's columns mirrored
+    assert torch.allclose(got[1], x.flip(-1) + ramp[8:24], atol=2e-3)
+    assert not torch.allclose(got[1], (x + ramp[8:24]).flip(-1), atol=2e-3)
+    assert cache.summary()["misses"] == 2  # two views of one photo, each translated once
+    cache.batch_crops([paths[0]], crops[1:], 32, 16)
+    assert cache.summary()["misses"] == 2
+
+
 # ----------------------------------------------------------------------------- folder layout + Distiller
 
 
@@ -161,7 +188,7 @@ def test_folder_layout_splits_and_items(tmp_path):
 def test_pretrained_teacher_on_a_folder_picks_teacher_only_D_and_the_cache(tmp_path):
     from crdtool.train.loop import Distiller
 
-    r = _folder_recipe(tmp_path)
+    r = _folder_recipe(tmp_path, data={"flip": False})  # one view per photo: a mirrored one is another entry
     d = Distiller(r)
     assert d.d_real == "teacher" and d.teacher_cache is not None
     assert any("D learns the teacher's outputs as real" in n for n in d.notes)

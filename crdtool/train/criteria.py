@@ -35,5 +35,5 @@ def build_criteria(recipe: Recipe, rt: Runtime) -> Criteria:
     perceptual = None
     if L.vgg_weights is not None and (L.lambda_style > 0 or L.lambda_feature > 0):
         perceptual = rt.module(PerceptualLoss(load_vgg16(L.vgg_weights)))
-    spectral = SpectralAmplitudeLoss(L.spectral_min_freq) if L.lambda_spectral > 0 else None
+    spectral = SpectralAmplitudeLoss(L.spectral_min_freq, L.spectral_pool) if L.lambda_spectral > 0 else None
     return Criteria(gan, crd, irkd, perceptual, spectral)

@@ -3,7 +3,10 @@
 A pretrained CycleGAN teacher costs ~57 GMACs per 256 px image, about 40x the student, so on a CPU
 recomputing it every step dominates a distillation. Its output for an image never changes while its
 weights do not, so it is translated once, on the whole resized image, and the training step takes
-the same random crop/flip of the (input, teacher output) pair (``crop_pair``).
+the same random crop of the (input, teacher output) pair (``crop_pair``). A mirrored crop comes from the
+teacher's output for the mirrored image, as the uncached path computes it: mirroring the output instead
+would shift whatever texture the teacher ties to its own pixel grid (a stride-2 upsampler leaves one) by
+a pixel against the student's.
 
 Entries are keyed by (teacher weights digest, image file content digest, view): other weights, an
 edited image or another resize are other entries, never stale hits. They live in memory and,
@@ -154,15 +157,32 @@ class TeacherCache:
                     crop_size: int) -> torch.Tensor:
         """The teacher's outputs for a training batch's crops ((N, 3) top, left, flip), cut from its cached
         outputs for the whole images resized to ``load_size``: (N, 3, crop_size, crop_size) on the CPU."""
-        from crdtool.data.images import load_image
-        from crdtool.data.transforms import eval_transform
-
-        full = self.outputs_for(paths, f"resize{load_size}", lambda i: eval_transform(load_image(paths[i]), load_size))
-        return torch.stack([crop(full[i], int(top), int(left), crop_size, bool(flip))
-                            for i, (top, left, flip) in enumerate(crops.tolist())])
+        rows = [(int(top), int(left), bool(flip)) for top, left, flip in crops.tolist()]
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for mirrored in (False, True):
+            idx = [i for i, row in enumerate(rows) if row[2] == mirrored]
+            if not idx:
+                continue
+            view = f"resize{load_size}" + ("-mirror" if mirrored else "")
+            full = self.outputs_for([paths[i] for i in idx], view,
+                                    lambda j, idx=idx, m=mirrored: _view_input(paths[idx[j]], load_size, m))
+            for j, i in enumerate(idx):
+                top, left, _ = rows[i]
+                if mirrored:  # crop (top, left) of the image, mirrored = the mirror's crop from the right edge
+                    left = full.shape[-1] - left - crop_size
+                out[i] = crop(full[j], top, left, crop_size)
+        return torch.stack(out)  # type: ignore[arg-type]
 
     def summary(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "teacher_calls": self.teacher_calls}
+
+
+def _view_input(path: str | Path, load_size: int, mirrored: bool) -> torch.Tensor:
+    from crdtool.data.images import load_image
+    from crdtool.data.transforms import eval_transform
+
+    x = eval_transform(load_image(path), load_size)
+    return x.flip(-1) if mirrored else x
 
 
 def crop(x: torch.Tensor, top: int, left: int, size: int, flip: bool = False) -> torch.Tensor:
