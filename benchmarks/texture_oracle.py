@@ -11,6 +11,10 @@ one part of its 2-D spectrum (per image and channel, 256 px) by the teacher's ou
   high_band            both bands (>= 0.25 cycles/px)
   high_band_amplitude  the teacher's amplitudes in that band with the student's phases: what a
                        phase-free loss (crdtool.losses.SpectralAmplitudeLoss) can ask of a student
+  high_band_gain       the student's own high band, scaled per image and channel to the teacher's energy
+                       there: is the student's texture just too faint?
+  high_band_blocks4    the same per 4 x 4 block of bins: the energy in each neighbourhood of frequencies,
+                       what SpectralAmplitudeLoss(pool=4) asks of a student
   noise_0.02           Gaussian noise of std 0.02 instead: any high-band energy at all
 
     python benchmarks/texture_oracle.py \
@@ -48,9 +52,27 @@ def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Ten
     for name, m in masks.items():
         out[name] = back(torch.where(m, T, S))
     out["high_band_amplitude"] = back(torch.where(masks["high_band"], S / S.abs().clamp_min(1e-12) * T.abs(), S))
+    # gains on the rfft2 half-plane, so that the result stays a real image
+    from crdtool.losses.spectral import high_band_mask
+
+    Sr, Tr = torch.fft.rfft2(student.double()), torch.fft.rfft2(teacher.double())
+    high = high_band_mask(*student.shape[-2:], 0.25)
+    back_r = lambda F: torch.fft.irfft2(F, s=student.shape[-2:]).clamp(-1, 1).float()  # noqa: E731
+    energy = lambda F: (F.abs().square() * high).sum((-2, -1), keepdim=True)  # noqa: E731
+    out["high_band_gain"] = back_r(torch.where(high, Sr * (energy(Tr) / energy(Sr).clamp_min(1e-12)).sqrt(), Sr))
+    out["high_band_blocks4"] = back_r(torch.where(high, Sr * block_gain(Sr, Tr, high, 4), Sr))
     g = torch.Generator().manual_seed(0)
     out["noise_0.02"] = (student + 0.02 * torch.randn(student.shape, generator=g)).clamp(-1, 1)
     return out
+
+
+def block_gain(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-bin gain that gives each k x k block of ``S``'s in-band bins the RMS amplitude of ``T``'s."""
+    m = mask.to(S.real.dtype)[None, None]
+    pool = lambda P: torch.nn.functional.avg_pool2d(P * m, k, stride=k, ceil_mode=True)  # noqa: E731
+    gain = (pool(T.abs().square()) / pool(S.abs().square()).clamp_min(1e-12)).sqrt()
+    gain = torch.repeat_interleave(torch.repeat_interleave(gain, k, dim=-2), k, dim=-1)
+    return gain[..., :S.shape[-2], :S.shape[-1]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=rt.ROOT / "runs" / "real_teacher" / "texture_oracle",
                    help="Inception features (the reference set's are reused from real_teacher.py's work dir)")
     p.add_argument("--out", type=Path, default=rt.RESULTS / "texture_oracle")
+    p.add_argument("--rows", nargs="+", help="score only these rows (default: all)")
     a = p.parse_args(argv)
     s = rt.Settings(data=a.data.resolve(), work_dir=a.work_dir.resolve(), threads=2)
     torch.set_num_threads(s.threads)
@@ -73,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{a.student.stem}-{weights_digest(student)[:12]}"
     rows = {}
     for name, images in hybrids(rt.translate(student, evaluated.inputs), evaluated.teacher).items():
+        if a.rows and name not in a.rows:
+            continue
         rows[name] = {k: round(v, 5) for k, v in scorer.score_dist(f"oracle-{tag}-{name}", images).items()}
         rt.log(f"{name}: {rows[name]}")
     res = {"format": "crdtool.texture-oracle", "version": 1, "student": rt.rel(a.student), "rows": rows,
