@@ -25,6 +25,10 @@ Arms, at equal budget (same student, images, steps, seeds; only the loss differs
   pixel_detail (extra row) L1 plus L1 of the fine detail: the band above a 1 px Gaussian blur
   pixel_spectral, crd_vgg_spectral  (extra rows) L1 or CRD + VGG, plus the high-band amplitude loss
                (crdtool.losses.SpectralAmplitudeLoss): the teacher's fine texture energy, phase-free
+  pixel_spectral_hfgan  (extra row) pixel_spectral plus a GAN whose D sees only the fine detail (each
+               image minus its 1 px Gaussian blur): teacher detail real, student detail fake
+  lowpass_spectral  (extra row) L1 of the outputs blurred by a 1 px Gaussian, plus the amplitude loss:
+               the fine texture is asked for only by its energy, never by a pixel-exact match
 
 Metrics on testA (never trained on), against the teacher's outputs: PSNR and SSIM, and two kinds
 of FID/KID (TF-Inception pool3):
@@ -89,6 +93,8 @@ ARMS: dict[str, str] = {
     "pixel_detail": "L1 + L1 of the fine detail (the band above a 1 px Gaussian)",
     "pixel_spectral": "L1 + high-band amplitude spectrum (above 0.25 cycles/px)",
     "crd_vgg_spectral": "CRD + VGG-19 + high-band amplitude spectrum",
+    "lowpass_spectral": "L1 of the 1 px-blurred outputs + high-band amplitude spectrum",
+    "pixel_spectral_hfgan": "L1 + high-band amplitude spectrum + GAN on the fine detail",
 }
 DEFAULT_ARMS = ["pixel", "vgg", "crd", "crd_vgg", "crd_vgg_gan", "rkd_vgg"]
 
@@ -118,6 +124,7 @@ class Settings:
     lambda_crd: float = 25.0
     lambda_gan: float = 1.0
     lambda_detail: float = 10.0
+    lambda_gan_detail: float = 0.5  # the fine-detail GAN (pixel_spectral_hfgan)
     lambda_spectral: float = 20.0
     spectral_min_freq: float = 0.25  # cycles per pixel: the band whose amplitudes the spectral term matches
     spectral_pool: int = 1  # compare the RMS amplitude of pool x pool blocks of bins (1: each bin)
@@ -261,7 +268,8 @@ def arm_terms(arm: str) -> set[str]:
             "crd_vgg": {"crd", "vgg"}, "crd_vgg_gan": {"crd", "vgg", "gan"}, "rkd_vgg": {"rkd", "vgg"},
             "pixel_gan": {"pixel", "gan"}, "pixel_crd_vgg_gan": {"pixel", "crd", "vgg", "gan"},
             "pixel_detail": {"pixel", "detail"}, "pixel_spectral": {"pixel", "spectral"},
-            "crd_vgg_spectral": {"crd", "vgg", "spectral"}}[arm]
+            "crd_vgg_spectral": {"crd", "vgg", "spectral"}, "lowpass_spectral": {"lowpass", "spectral"},
+            "pixel_spectral_hfgan": {"pixel", "spectral", "hfgan"}}[arm]
 
 
 class Losses:
@@ -277,14 +285,23 @@ class Losses:
         self.spectral = (SpectralAmplitudeLoss(s.spectral_min_freq, s.spectral_pool)
                          if "spectral" in self.terms else None)
         self.perceptual = perceptual if "vgg" in self.terms else None
-        self.gan = GANLoss("lsgan") if "gan" in self.terms else None
-        self.D = build_discriminator(3, 64, 3, "instance") if self.gan else None
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=s.lr, betas=s.betas) if self.D else None
+        self.gan = GANLoss("lsgan") if self.terms & {"gan", "hfgan"} else None
+        # the fine-detail D: a quarter of the PatchGAN's MACs (ndf 32), a tenth of the student's rate
+        self.detail_only = "hfgan" in self.terms
+        self.D = build_discriminator(3, 32 if self.detail_only else 64, 3, "instance") if self.gan else None
+        d_lr = s.lr / 10 if self.detail_only else s.lr
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=s.betas) if self.D else None
+        self.lambda_gan = s.lambda_gan_detail if self.detail_only else s.lambda_gan
+
+    def judged(self, x: torch.Tensor) -> torch.Tensor:
+        return x - gaussian_blur(x, 1.0) if self.detail_only else x
 
     def student_loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         s, parts = self.s, {}
         if "pixel" in self.terms:
             parts["pixel"] = s.lambda_pixel * F.l1_loss(out, target)
+        if "lowpass" in self.terms:  # L1 below the texture band: a wrong-phase grain costs nothing here
+            parts["pixel"] = s.lambda_pixel * F.l1_loss(gaussian_blur(out, 1.0), gaussian_blur(target, 1.0))
         if "detail" in self.terms:  # L1 of the band above a 1 px Gaussian: the teacher's fine texture
             parts["detail"] = s.lambda_detail * F.l1_loss(out - gaussian_blur(out, 1.0),
                                                           target - gaussian_blur(target, 1.0))
@@ -298,7 +315,7 @@ class Losses:
             parts.update(self.perceptual(out, target))
         if self.D is not None:
             self.D.requires_grad_(False)
-            parts["gan"] = s.lambda_gan * self.gan.generator(self.D(out))
+            parts["gan"] = self.lambda_gan * self.gan.generator(self.D(self.judged(out)))
             self.D.requires_grad_(True)
         total = sum(parts.values())
         return total, {k: float(v.detach()) for k, v in parts.items()}
@@ -307,7 +324,7 @@ class Losses:
         """Teacher-only D: teacher output is real, the student's (detached) output is fake."""
         if self.D is None:
             return None
-        loss = self.gan.discriminator(self.D(target), self.D(out.detach()))
+        loss = self.gan.discriminator(self.D(self.judged(target)), self.D(self.judged(out.detach())))
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_D.step()
@@ -748,6 +765,12 @@ def views_note(views: list[str]) -> str:
     return f"; the photos also {', '.join(views)}, each translated by the teacher" if views else ""
 
 
+def detail_gan_note(st: dict) -> str:
+    if "pixel_spectral_hfgan" not in st.get("arms", []):
+        return ""
+    return f" (fine-detail GAN {st.get('lambda_gan_detail')}, its D ndf 32 at a tenth of the lr)"
+
+
 def pool_note(pool: int) -> str:
     return f", in {pool}x{pool} blocks of bins" if pool > 1 else ""
 
@@ -808,7 +831,8 @@ def write_markdown(res: dict, path: Path) -> None:
               f"{', no flips' if not st.get('flip', True) else ''}"
               f"{views_note(st.get('train_views') or [])}, Adam lr {st['lr']} "
               f"betas {st['betas']}, linear decay over the last {int(100 * (1 - st['decay_from']))}% of steps; "
-              f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}, detail "
+              f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}"
+              f"{detail_gan_note(st)}, detail "
               f"{st.get('lambda_detail')}, spectral {st.get('lambda_spectral')} (from {st.get('spectral_min_freq')} "
               f"cycles/px{pool_note(st.get('spectral_pool', 1))}); "
               f"VGG-19 style 1e4 / feature 10. Host: {res['host']['cpu']} ({', '.join(res['host']['cpu_flags'])}), "
