@@ -15,6 +15,9 @@ one part of its 2-D spectrum (per image and channel, 256 px) by the teacher's ou
                        there: is the student's texture just too faint?
   high_band_blocks4    the same per 4 x 4 block of bins: the energy in each neighbourhood of frequencies,
                        what SpectralAmplitudeLoss(pool=4) asks of a student
+  high_band_train_gain the student's own high band times one gain per channel, fitted on the *training*
+                       photos (the teacher's high-band energy over the student's there): no teacher
+                       output of the scored photos is used, so a deployed student could do the same
   noise_0.02           Gaussian noise of std 0.02 instead: any high-band energy at all
 
     python benchmarks/texture_oracle.py \
@@ -41,6 +44,22 @@ def band_masks(n: int) -> dict[str, torch.Tensor]:
     nyquist = ((fy - 0.5).abs() <= 2 / n) | ((fx - 0.5).abs() <= 2 / n)
     return {"nyquist_lines": nyquist, "band_025_0375": (r >= 0.25) & (r < 0.375), "band_0375_05": r >= 0.375,
             "high_band": r >= 0.25}
+
+
+def high_band_energy(x: torch.Tensor) -> torch.Tensor:
+    """(C,) energy in the band >= 0.25 cycles/px, summed over a batch of images."""
+    from crdtool.losses.spectral import high_band_mask, power_spectrum
+
+    return power_spectrum(x.double())[..., high_band_mask(*x.shape[-2:], 0.25)].sum((0, 2))
+
+
+def with_high_band_gain(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """``x`` with its band >= 0.25 cycles/px multiplied by ``gain`` (one per channel)."""
+    from crdtool.losses.spectral import high_band_mask
+
+    X = torch.fft.rfft2(x.double())
+    g = torch.where(high_band_mask(*x.shape[-2:], 0.25), gain.double()[:, None, None], torch.ones(()).double())
+    return torch.fft.irfft2(X * g, s=x.shape[-2:]).clamp(-1, 1).float()
 
 
 def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -95,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     student = load_generator(a.student)
     tag = f"{a.student.stem}-{weights_digest(student)[:12]}"
     rows = {}
-    for name, images in hybrids(rt.translate(student, evaluated.inputs), evaluated.teacher).items():
+    outputs = rt.translate(student, evaluated.inputs)
+    table = hybrids(outputs, evaluated.teacher)
+    train = scorer.splits["train"]
+    gain = (high_band_energy(train.teacher) / high_band_energy(rt.translate(student, train.inputs))).sqrt()
+    rt.log(f"high-band gain fitted on {len(train.files)} training photos: {[round(float(g), 3) for g in gain]}")
+    table["high_band_train_gain"] = with_high_band_gain(outputs, gain)
+    for name, images in table.items():
         if a.rows and name not in a.rows:
             continue
         rows[name] = {k: round(v, 5) for k, v in scorer.score_dist(f"oracle-{tag}-{name}", images).items()}
