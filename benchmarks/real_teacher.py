@@ -252,15 +252,9 @@ def student_gmacs(s: Settings) -> float:
 
 
 def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur, reflect padding, kernel 2*round(3 sigma)+1."""
-    k = 2 * round(3 * sigma) + 1
-    r = torch.arange(k, dtype=img.dtype) - k // 2
-    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    c = img.shape[1]
-    out = F.pad(img, (k // 2,) * 4, mode="reflect")
-    out = F.conv2d(out, g.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(out, g.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
+    from crdtool.losses import gaussian_blur as blur
+
+    return blur(img, sigma)
 
 
 def arm_terms(arm: str) -> set[str]:

@@ -116,6 +116,11 @@ class DiscriminatorConfig(RecipeSection):
         "start D from these weights instead of at random: a crdtool run folder (its last checkpoint's D_A), "
         "a checkpoint folder, a .safetensors state dict or an official latest_net_D*.pth; e.g. the D trained "
         "with a pretrained teacher"))
+    sees: Literal["image", "detail"] = Field("image", description=(
+        "pretrained teacher: what D judges of an image. detail: the image minus its 1 px Gaussian blur, the "
+        "teacher's fine texture alone (crdtool.losses.fine_detail); colours and shapes are left to the other "
+        "terms"))
+    lr_scale: float = Field(1.0, gt=0, description="D's learning rate as a multiple of train.lr")
     real: Literal["auto", "data", "teacher"] = Field("auto", description=(
         "pretrained teacher: what D learns as real. data: target-domain images (trainB), fake: the teacher's "
         "outputs; teacher: the teacher's outputs, fake: the student's. auto: teacher when the dataset has no "

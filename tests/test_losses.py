@@ -332,6 +332,20 @@ def test_gan_losses_on_known_inputs():
 # ----------------------------------------------------------------------------- high-band amplitude spectrum
 
 
+def test_fine_detail_of_an_impulse_and_of_a_flat_image():
+    """sigma 1 px: 7 taps exp(-r^2/2) for r = -3..3 sum to 1 + 2(e^-0.5 + e^-2 + e^-4.5) = 2.505960, so the
+    centre tap is 0.399050 and an impulse blurs to 0.399050^2 = 0.159241 at its centre; the detail there is
+    1 - 0.159241. A flat image has no detail (reflect padding keeps the border flat too)."""
+    from crdtool.losses import fine_detail, gaussian_blur
+
+    x = torch.zeros(1, 1, 15, 15)
+    x[0, 0, 7, 7] = 1.0
+    assert gaussian_blur(x, 1.0)[0, 0, 7, 7].item() == pytest.approx(0.159241, abs=1e-6)
+    assert fine_detail(x)[0, 0, 7, 7].item() == pytest.approx(1 - 0.159241, abs=1e-6)
+    assert gaussian_blur(x, 1.0).sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert fine_detail(torch.full((2, 3, 9, 9), 0.7)).abs().max().item() < 1e-6
+
+
 def test_spectral_checkerboard_against_hand_count():
     """A checkerboard a*(-1)^(i+j) on 8x8 holds all its energy (a^2 * 64, orthonormal FFT) in the one bin
     (fy, fx) = (0.5, 0.5), amplitude 8a. Of the 8 x 5 rfft2 bins, those with |fy| < 1/4 and fx < 1/4 are

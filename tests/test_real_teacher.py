@@ -221,6 +221,41 @@ def test_teacher_only_D_learns_teacher_real_student_fake(tmp_path):
     assert len(seen) == 1  # one real/fake pair: teacher output vs student output (no target images)
 
 
+def test_a_detail_D_judges_only_the_fine_detail_at_its_own_rate(tmp_path):
+    """discriminator.sees = "detail": D is shown each image minus its 1 px blur, in the student's GAN term
+    and in its own update, and it learns at discriminator.lr_scale times train.lr."""
+    from crdtool.losses import fine_detail
+    from crdtool.train.loop import Distiller
+
+    d = Distiller(_folder_recipe(tmp_path, discriminator={"ndf": 4, "sees": "detail", "lr_scale": 0.1},
+                                 train={"student_epochs": 1, "teacher_cache": "off", "eval_every": 1000, "lr": 1e-3}))
+    d.opts.set_lrs(*d.schedule.learning_rates(d.schedule.phases[0], d.progress))
+    assert d.opts.opt_D.param_groups[0]["lr"] == pytest.approx(1e-4)  # a pretrained teacher's D: train.lr x 0.1
+    shown = []
+    d.D_A.register_forward_pre_hook(lambda m, args: shown.append(args[0].detach().clone()))
+    batch = next(iter(d._batches("student", 0, 0)))
+    with torch.no_grad():
+        teacher_out = d.nets.teacher.eval()(batch["A"])
+        student_out = d.nets.student(batch["A"])  # before the step updates it
+    d.student_step(batch)
+    assert len(shown) == 3  # the student's GAN term, then D's real and fake
+    torch.testing.assert_close(shown[0], fine_detail(student_out), atol=1e-5, rtol=0)
+    torch.testing.assert_close(shown[1], fine_detail(teacher_out), atol=1e-5, rtol=0)
+    torch.testing.assert_close(shown[2], fine_detail(student_out), atol=1e-5, rtol=0)
+
+
+def test_a_detail_D_needs_a_pretrained_teacher(tmp_path):
+    from crdtool import distill
+    from crdtool.errors import CrdError
+    from crdtool.train.loop import Distiller
+    from tests.helpers import tiny_recipe
+
+    r = tiny_recipe(tmp_path, discriminator={"sees": "detail"})  # an online CycleGAN teacher
+    distill.prepare_data(r)
+    with pytest.raises(CrdError, match=r"tiny.toml: discriminator.sees = \"detail\" needs a pretrained teacher"):
+        Distiller(r)
+
+
 def test_folder_layout_D_modes_are_checked(tmp_path):
     from crdtool.errors import CrdError
     from crdtool.train.loop import Distiller

@@ -87,6 +87,9 @@ def discriminator_real(recipe: Recipe, pretrained: bool, has_discriminator: bool
         if mode == "teacher" and has_discriminator:
             notes.append("discriminator: no target-domain images (folder layout), so D learns the teacher's "
                          "outputs as real and the student's as fake (discriminator.real = \"teacher\")")
+    if recipe.discriminator.sees == "detail" and not pretrained:
+        raise CrdError(f"{src}: discriminator.sees = \"detail\" needs a pretrained teacher (teacher.checkpoint): "
+                       f"an online teacher's D judges whole images")
     if mode == "teacher" and not pretrained:
         raise CrdError(f"{src}: discriminator.real = \"teacher\" needs a pretrained teacher (teacher.checkpoint)")
     if mode == "data" and not has_targets and has_discriminator:
@@ -152,7 +155,7 @@ def build_run(recipe: Recipe, rt: Runtime, run_dir: Path) -> RunParts:
     ctx = StepContext(rt, nets, opts, criteria, progress, NonfiniteGuard(t.nonfinite, run_dir, progress), recipe.loss)
     student = StudentStep(ctx, pretrained=kind == "pretrained", paired=recipe.task == "pix2pix", d_real=d_real,
                           d_mode=recipe.discriminator.student, cache=cache, load_size=recipe.data.load_size,
-                          crop_size=recipe.data.crop_size)
+                          crop_size=recipe.data.crop_size, d_sees=recipe.discriminator.sees)
     steps: dict[str, Callable[..., dict[str, float]]] = {"student": student}
     if kind == "cyclegan":
         steps["teacher"] = CycleGANTeacherStep(ctx, pools["A"], pools["B"])

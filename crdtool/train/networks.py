@@ -152,6 +152,7 @@ class Optimizers:
     opt_S: torch.optim.Optimizer
     opt_G: torch.optim.Optimizer | None
     opt_D: torch.optim.Optimizer | None
+    d_lr_scale: float = 1.0  # discriminator.lr_scale: D's rate over the teacher's
 
     def named(self) -> Iterator[tuple[str, torch.optim.Optimizer]]:
         for name in OPTIMIZERS:
@@ -165,7 +166,8 @@ class Optimizers:
         self.rt.backward_step(name, opt, loss, all_reduce=opt is not self.opt_S)
 
     def set_lrs(self, teacher_lr: float, student_lr: float) -> None:
-        for opt, lr in ((self.opt_G, teacher_lr), (self.opt_S, student_lr), (self.opt_D, teacher_lr)):
+        for opt, lr in ((self.opt_G, teacher_lr), (self.opt_S, student_lr),
+                        (self.opt_D, teacher_lr * self.d_lr_scale)):
             if opt is not None:
                 for g in opt.param_groups:
                     g["lr"] = lr
@@ -182,5 +184,9 @@ def build_optimizers(recipe: Recipe, rt: Runtime, nets: Networks) -> Optimizers:
         return torch.optim.Adam([p for m in modules if m is not None for p in m.parameters()], **adam)
 
     opt_G = over(nets.G_A, nets.G_B) if recipe.teacher.checkpoint is None else None
+    scale = recipe.discriminator.lr_scale
     opt_D = over(nets.D_A, nets.D_B) if nets.D_A is not None else None
-    return Optimizers(rt, over(nets.student), opt_G, opt_D)
+    if opt_D is not None:
+        for g in opt_D.param_groups:
+            g["lr"] = t.lr * scale
+    return Optimizers(rt, over(nets.student), opt_G, opt_D, scale)

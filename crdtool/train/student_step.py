@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crdtool.errors import CrdError
+from crdtool.losses import fine_detail
 from crdtool.train.networks import set_requires_grad
 from crdtool.train.step_tools import StepContext, as_floats
 from crdtool.train.teacher_cache import TeacherCache
@@ -17,11 +18,14 @@ from crdtool.train.teacher_cache import TeacherCache
 class StudentStep:
     """``pretrained``: the teacher is frozen and D keeps learning real vs teacher output here (its "teacher
     step"). ``paired``: D judges (input, output) pairs (Pix2Pix). ``d_real``: "data" or "teacher", what D
-    learns as real; ``d_mode``: discriminator.student ("frozen", "updated" or "none")."""
+    learns as real; ``d_mode``: discriminator.student ("frozen", "updated" or "none"); ``d_sees``:
+    discriminator.sees ("image", or "detail": the fine-detail band alone)."""
 
     def __init__(self, ctx: StepContext, *, pretrained: bool, paired: bool, d_real: str, d_mode: str,
-                 cache: TeacherCache | None = None, load_size: int = 0, crop_size: int = 0):
+                 cache: TeacherCache | None = None, load_size: int = 0, crop_size: int = 0,
+                 d_sees: str = "image"):
         self.ctx, self.pretrained, self.paired, self.d_real, self.d_mode = ctx, pretrained, paired, d_real, d_mode
+        self.d_sees = d_sees
         self.cache, self.load_size, self.crop_size = cache, load_size, crop_size
 
     def __call__(self, batch: dict[str, torch.Tensor], teacher_out: torch.Tensor | None = None) -> dict[str, float]:
@@ -103,4 +107,6 @@ class StudentStep:
         return fakes, self.ctx.rt.tensor(batch["B"])
 
     def _judge(self, D: nn.Module, real_A: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        if self.d_sees == "detail":
+            img = fine_detail(img)
         return D(torch.cat([real_A, img], 1) if self.paired else img)
