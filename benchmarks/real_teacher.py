@@ -71,6 +71,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crdtool.losses import fine_detail, gaussian_blur  # gaussian_blur: also rt.gaussian_blur in other benchmarks
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RESULT_FORMAT = "crdtool.real-teacher"
@@ -124,7 +126,9 @@ class Settings:
     lambda_crd: float = 25.0
     lambda_gan: float = 1.0
     lambda_detail: float = 10.0
-    lambda_gan_detail: float = 0.5  # the fine-detail GAN (pixel_spectral_hfgan)
+    lambda_gan_detail: float = 0.5  # the fine-detail GAN (pixel_spectral_hfgan) ...
+    detail_d_ndf: int = 32  # ... its D: a quarter of the PatchGAN's MACs ...
+    detail_d_lr_scale: float = 0.1  # ... at a tenth of the student's rate
     lambda_spectral: float = 20.0
     spectral_min_freq: float = 0.25  # cycles per pixel: the band whose amplitudes the spectral term matches
     spectral_pool: int = 1  # compare the RMS amplitude of pool x pool blocks of bins (1: each bin)
@@ -251,12 +255,6 @@ def student_gmacs(s: Settings) -> float:
     return round(profile_spec(student_spec("pixel", s), s.size).macs["literature"] / 1e9, 4)
 
 
-def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    from crdtool.losses import gaussian_blur as blur
-
-    return blur(img, sigma)
-
-
 def arm_terms(arm: str) -> set[str]:
     return {"pixel": {"pixel"}, "pixel_plain": {"pixel"}, "vgg": {"vgg"}, "crd": {"crd"},
             "crd_vgg": {"crd", "vgg"}, "crd_vgg_gan": {"crd", "vgg", "gan"}, "rkd_vgg": {"rkd", "vgg"},
@@ -280,15 +278,15 @@ class Losses:
                          if "spectral" in self.terms else None)
         self.perceptual = perceptual if "vgg" in self.terms else None
         self.gan = GANLoss("lsgan") if self.terms & {"gan", "hfgan"} else None
-        # the fine-detail D: a quarter of the PatchGAN's MACs (ndf 32), a tenth of the student's rate
         self.detail_only = "hfgan" in self.terms
-        self.D = build_discriminator(3, 32 if self.detail_only else 64, 3, "instance") if self.gan else None
-        d_lr = s.lr / 10 if self.detail_only else s.lr
+        ndf = s.detail_d_ndf if self.detail_only else 64
+        self.D = build_discriminator(3, ndf, 3, "instance") if self.gan else None
+        d_lr = s.lr * s.detail_d_lr_scale if self.detail_only else s.lr
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=s.betas) if self.D else None
         self.lambda_gan = s.lambda_gan_detail if self.detail_only else s.lambda_gan
 
     def judged(self, x: torch.Tensor) -> torch.Tensor:
-        return x - gaussian_blur(x, 1.0) if self.detail_only else x
+        return fine_detail(x) if self.detail_only else x
 
     def student_loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         s, parts = self.s, {}
@@ -297,8 +295,7 @@ class Losses:
         if "lowpass" in self.terms:  # L1 below the texture band: a wrong-phase grain costs nothing here
             parts["pixel"] = s.lambda_pixel * F.l1_loss(gaussian_blur(out, 1.0), gaussian_blur(target, 1.0))
         if "detail" in self.terms:  # L1 of the band above a 1 px Gaussian: the teacher's fine texture
-            parts["detail"] = s.lambda_detail * F.l1_loss(out - gaussian_blur(out, 1.0),
-                                                          target - gaussian_blur(target, 1.0))
+            parts["detail"] = s.lambda_detail * F.l1_loss(fine_detail(out), fine_detail(target))
         if self.spectral is not None:
             parts["spectral"] = s.lambda_spectral * self.spectral(out, target)
         if self.crd is not None:
@@ -762,7 +759,8 @@ def views_note(views: list[str]) -> str:
 def detail_gan_note(st: dict) -> str:
     if "pixel_spectral_hfgan" not in st.get("arms", []):
         return ""
-    return f" (fine-detail GAN {st.get('lambda_gan_detail')}, its D ndf 32 at a tenth of the lr)"
+    return (f" (fine-detail GAN {st.get('lambda_gan_detail')}, its D ndf {st.get('detail_d_ndf', 32)} at "
+            f"{st.get('detail_d_lr_scale', 0.1)} x the lr)")
 
 
 def pool_note(pool: int) -> str:

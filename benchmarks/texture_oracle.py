@@ -47,18 +47,19 @@ def band_masks(n: int) -> dict[str, torch.Tensor]:
 
 
 def high_band_energy(x: torch.Tensor) -> torch.Tensor:
-    """(C,) energy in the band >= 0.25 cycles/px, summed over a batch of images."""
+    """(N, C) energy of each image in the band >= 0.25 cycles/px."""
     from crdtool.losses.spectral import high_band_mask, power_spectrum
 
-    return power_spectrum(x.double())[..., high_band_mask(*x.shape[-2:], 0.25)].sum((0, 2))
+    return power_spectrum(x.double())[..., high_band_mask(*x.shape[-2:], 0.25)].sum(-1)
 
 
 def with_high_band_gain(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-    """``x`` with its band >= 0.25 cycles/px multiplied by ``gain`` (one per channel)."""
+    """``x`` with its band >= 0.25 cycles/px multiplied by ``gain`` (broadcast over (N, C, H, W // 2 + 1)
+    rfft2 bins; on the half-plane, so the result stays a real image)."""
     from crdtool.losses.spectral import high_band_mask
 
     X = torch.fft.rfft2(x.double())
-    g = torch.where(high_band_mask(*x.shape[-2:], 0.25), gain.double()[:, None, None], torch.ones(()).double())
+    g = torch.where(high_band_mask(*x.shape[-2:], 0.25), gain.double(), torch.ones(()).double())
     return torch.fft.irfft2(X * g, s=x.shape[-2:]).clamp(-1, 1).float()
 
 
@@ -71,15 +72,13 @@ def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Ten
     for name, m in masks.items():
         out[name] = back(torch.where(m, T, S))
     out["high_band_amplitude"] = back(torch.where(masks["high_band"], S / S.abs().clamp_min(1e-12) * T.abs(), S))
-    # gains on the rfft2 half-plane, so that the result stays a real image
     from crdtool.losses.spectral import high_band_mask
 
-    Sr, Tr = torch.fft.rfft2(student.double()), torch.fft.rfft2(teacher.double())
+    per_image = (high_band_energy(teacher) / high_band_energy(student).clamp_min(1e-12)).sqrt()
+    out["high_band_gain"] = with_high_band_gain(student, per_image[..., None, None])
     high = high_band_mask(*student.shape[-2:], 0.25)
-    back_r = lambda F: torch.fft.irfft2(F, s=student.shape[-2:]).clamp(-1, 1).float()  # noqa: E731
-    energy = lambda F: (F.abs().square() * high).sum((-2, -1), keepdim=True)  # noqa: E731
-    out["high_band_gain"] = back_r(torch.where(high, Sr * (energy(Tr) / energy(Sr).clamp_min(1e-12)).sqrt(), Sr))
-    out["high_band_blocks4"] = back_r(torch.where(high, Sr * block_gain(Sr, Tr, high, 4), Sr))
+    Sr, Tr = torch.fft.rfft2(student.double()), torch.fft.rfft2(teacher.double())
+    out["high_band_blocks4"] = with_high_band_gain(student, block_gain(Sr, Tr, high, 4))
     g = torch.Generator().manual_seed(0)
     out["noise_0.02"] = (student + 0.02 * torch.randn(student.shape, generator=g)).clamp(-1, 1)
     return out
@@ -117,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     outputs = rt.translate(student, evaluated.inputs)
     table = hybrids(outputs, evaluated.teacher)
     train = scorer.splits["train"]
-    gain = (high_band_energy(train.teacher) / high_band_energy(rt.translate(student, train.inputs))).sqrt()
+    gain = (high_band_energy(train.teacher).sum(0)
+            / high_band_energy(rt.translate(student, train.inputs)).sum(0)).sqrt()
     rt.log(f"high-band gain fitted on {len(train.files)} training photos: {[round(float(g), 3) for g in gain]}")
-    table["high_band_train_gain"] = with_high_band_gain(outputs, gain)
+    table["high_band_train_gain"] = with_high_band_gain(outputs, gain[:, None, None])
     for name, images in table.items():
         if a.rows and name not in a.rows:
             continue

@@ -176,17 +176,15 @@ class Optimizers:
 def build_optimizers(recipe: Recipe, rt: Runtime, nets: Networks) -> Optimizers:
     """Adam with the recipe's rate and betas (fused on CUDA); a frozen teacher gets none."""
     t = recipe.train
-    adam = dict(lr=t.lr, betas=(t.beta1, t.beta2))
+    adam: dict = dict(betas=(t.beta1, t.beta2))
     if rt.is_cuda:
         adam["fused"] = True
 
-    def over(*modules: nn.Module | None) -> torch.optim.Optimizer:
-        return torch.optim.Adam([p for m in modules if m is not None for p in m.parameters()], **adam)
+    def over(*modules: nn.Module | None, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+        params = [p for m in modules if m is not None for p in m.parameters()]
+        return torch.optim.Adam(params, lr=t.lr * lr_scale, **adam)
 
     opt_G = over(nets.G_A, nets.G_B) if recipe.teacher.checkpoint is None else None
     scale = recipe.discriminator.lr_scale
-    opt_D = over(nets.D_A, nets.D_B) if nets.D_A is not None else None
-    if opt_D is not None:
-        for g in opt_D.param_groups:
-            g["lr"] = t.lr * scale
+    opt_D = over(nets.D_A, nets.D_B, lr_scale=scale) if nets.D_A is not None else None
     return Optimizers(rt, over(nets.student), opt_G, opt_D, scale)
