@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from crdtool.losses import fine_detail, gaussian_blur  # gaussian_blur: also rt.gaussian_blur in other benchmarks
+from crdtool.train.weight_average import WeightAverage
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -140,6 +141,8 @@ class Settings:
     cache_dir: Path = ROOT / "runs" / "real_teacher" / "teacher_cache"
     latency: bool = True
     log_every: int = 50
+    ema: list[float] = field(default_factory=list)  # EMA decays of the student's weights over the decay phase;
+    # the first is the run's student, the raw weights and the others are kept and scored as variants
 
 
 def log(msg: str) -> None:
@@ -373,6 +376,7 @@ def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual) -> tup
     torch.manual_seed(seed)
     rng = random.Random(f"real-teacher:{arm}:{seed}")
     student = build_generator(student_spec(arm, s)).train()
+    averages = {d: WeightAverage(d, start_step=int(s.decay_from * s.steps)) for d in s.ema}
     losses = Losses(s, arm, perceptual)
     opt = torch.optim.Adam(student.parameters(), lr=s.lr, betas=s.betas)
     t0, running = time.perf_counter(), {}
@@ -385,6 +389,8 @@ def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual) -> tup
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        for average in averages.values():
+            average.update(student, step)
         d = losses.discriminator_step(out, t)
         if d is not None:
             parts["D"] = d
@@ -396,8 +402,18 @@ def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual) -> tup
                 " ".join(f"{k}={v / n:.4g}" for k, v in running.items()) +
                 f" ({(time.perf_counter() - t0) / (step + 1):.2f} s/step)")
             running = {}
-    return student.eval(), {"train_seconds": round(time.perf_counter() - t0, 1),
-                            "s_per_step": round((time.perf_counter() - t0) / s.steps, 3)}
+    timing = {"train_seconds": round(time.perf_counter() - t0, 1),
+              "s_per_step": round((time.perf_counter() - t0) / s.steps, 3)}
+    return student.eval(), {variant_name(d): a.model.eval() for d, a in averages.items()}, timing
+
+
+def variant_name(decay: float) -> str:
+    return f"ema{decay:g}"
+
+
+def variants_dir(s: Settings, arm: str, seed: int) -> Path:
+    """The raw and other-EMA students of an EMA run (not committed: the run's student is the first EMA)."""
+    return s.work_dir / "variants" / f"{arm}-seed{seed}"
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -485,9 +501,15 @@ def run_arm(s: Settings, arm: str, seed: int, splits: dict[str, Split], perceptu
         log(f"{arm} seed {seed}: done before, skipped")
         return json.loads(done.read_text())
     log(f"{arm} seed {seed}: training {s.steps} steps")
-    student, timing = train_arm(s, arm, seed, splits["train"], perceptual)
+    raw, averaged, timing = train_arm(s, arm, seed, splits["train"], perceptual)
+    variants = {"raw": raw, **averaged}
+    student = variants.pop(variant_name(s.ema[0])) if s.ema else variants.pop("raw")
     save_generator(student, folder / "student.safetensors")
     metrics = fidelity_scores(translate(student, splits["test"].inputs), splits["test"].teacher)
+    for name, model in variants.items():  # scored side by side with the run's student: the same trajectory
+        save_generator(model, variants_dir(s, arm, seed) / f"{name}.safetensors")
+        scores = fidelity_scores(translate(model, splits["test"].inputs), splits["test"].teacher)
+        metrics.update({f"{name}_{k}": v for k, v in scores.items()})
     result = {"arm": arm, "seed": seed, "steps": s.steps, **timing, **_round(metrics), "command": command_line()}
     write_json_atomic(done, result)
     log(f"{arm} seed {seed}: PSNR {metrics['psnr_vs_teacher']:.2f} dB, SSIM {metrics['ssim_vs_teacher']:.4f}")
@@ -507,17 +529,22 @@ def score_fid(s: Settings, splits: dict[str, Split], scorer: Scorer, seeds: list
             if not done.is_file():
                 continue
             row = json.loads(done.read_text())
-            dist = s.dist_fid_images > 0 and "fid_dist_to_teacher" not in row
-            if "fid_to_teacher" in row and not dist:
-                continue
-            student = load_generator(run_dir(s, arm, seed) / "student.safetensors")
-            # named by the weights too: runs of other settings (steps, student) may share the work folder
-            name = f"{arm}-seed{seed}-{weights_digest(student)[:12]}"
-            if "fid_to_teacher" not in row:
-                row.update(_round(scorer.score(name, translate(student, splits["test"].inputs))))
-            if dist:
-                row.update(_round(scorer.score_dist(name, translate(student, scorer.heldout()[0].inputs))))
-            write_json_atomic(done, row)
+            files = {"": run_dir(s, arm, seed) / "student.safetensors",
+                     **{f"{f.stem}_": f for f in sorted(variants_dir(s, arm, seed).glob("*.safetensors"))}}
+            for prefix, path in files.items():
+                dist = s.dist_fid_images > 0 and f"{prefix}fid_dist_to_teacher" not in row
+                if f"{prefix}fid_to_teacher" in row and not dist:
+                    continue
+                student = load_generator(path)
+                # named by the weights too: runs of other settings (steps, student) may share the work folder
+                name = f"{arm}-seed{seed}-{weights_digest(student)[:12]}"
+                scores = {}
+                if f"{prefix}fid_to_teacher" not in row:
+                    scores.update(scorer.score(name, translate(student, splits["test"].inputs)))
+                if dist:
+                    scores.update(scorer.score_dist(name, translate(student, scorer.heldout()[0].inputs)))
+                row.update(_round({prefix + k: v for k, v in scores.items()}))
+                write_json_atomic(done, row)
             log(f"{arm} seed {seed}: FID {row['fid_to_teacher']:.2f} paired, "
                 f"{row.get('fid_dist_to_teacher', float('nan')):.2f} distribution")
 
@@ -874,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-filter", action="store_true", help="a learned 3x3 filter per channel on the colour "
                    "skip's input (use another --results-dir: the default arms are without it)")
     p.add_argument("--log-every", type=int, default=Settings.log_every)
+    p.add_argument("--ema", nargs="+", type=float, default=[], help="EMA decays of the student's weights over "
+                   "the lr decay phase: the first is the run's student; the raw weights and the others are "
+                   "scored beside it")
     p.add_argument("--fid-images", type=int, default=Settings.fid_images,
                    help="paired FID: the first N testA photos, each scored against the teacher's output of it")
     p.add_argument("--dist-fid-images", type=int, default=Settings.dist_fid_images,
@@ -892,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
                  crop=a.crop, crop_align=a.crop_align, flip=not a.no_flip, lr=a.lr, train_views=a.train_views,
                  lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
                  colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
-                 train_images=a.train_images, threads=a.threads, latency=not a.no_latency, log_every=a.log_every,
+                 train_images=a.train_images, threads=a.threads, ema=a.ema, latency=not a.no_latency, log_every=a.log_every,
                  fid_images=a.fid_images, dist_fid_images=a.dist_fid_images,
                  results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),
                  cache_dir=a.cache_dir.resolve())

@@ -183,6 +183,12 @@ class TrainConfig(RecipeSection):
     eval_every: int = Field(500, ge=1, description="student steps between evaluations")
     checkpoint_every: int = Field(500, ge=1, description="steps (teacher+student) between checkpoints")
     keep_checkpoints: int = Field(1, ge=1)
+    ema_decay: float = Field(0.0, ge=0, lt=1, description=(
+        "keep an exponential moving average of the student's weights with this decay (0: off, e.g. 0.995); "
+        "student.safetensors is then the average, and student-raw.safetensors the last weights"))
+    ema_start: float = Field(0.5, ge=0, lt=1, description=(
+        "the fraction of the schedule's student steps after which the average starts (0.5: with the lr decay "
+        "of a pretrained teacher's schedule; train.max_steps does not move it)"))
     nonfinite: Literal["stop", "skip"] = "stop"
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -64,7 +64,7 @@ class StudentEvaluation:
         return None if self.last is None else self.last["step"]
 
     def __call__(self) -> dict[str, Any]:
-        fid, t_out, s_out = evaluate_student(self.nets.student, self.nets.teacher, self.inputs)
+        fid, t_out, s_out = evaluate_student(self.nets.exported_student, self.nets.teacher, self.inputs)
         row = {"kind": "eval", **fid.to_dict()}
         if self.crd is not None:  # the relational distance the student is trained to close
             with torch.no_grad():

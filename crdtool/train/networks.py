@@ -19,6 +19,7 @@ from crdtool.models.checkpoints import load_generator
 from crdtool.recipe import Recipe
 from crdtool.runtime import Runtime
 from crdtool.train import state as ckpt
+from crdtool.train.weight_average import WeightAverage
 
 MODULES = ("G_A", "G_B", "student", "D_A", "D_B")
 OPTIMIZERS = ("opt_S", "opt_G", "opt_D")
@@ -78,12 +79,19 @@ class Networks:
     D_B: nn.Module | None
     best_G_A: nn.Module | None = None
     teacher_batchnorm_layers: int = 0  # > 0: the teacher normalises with each batch's statistics
+    student_average: WeightAverage | None = None  # train.ema_decay > 0: the student's weight average
     fwd: dict[str, nn.Module | None] = field(default_factory=dict)
 
     @property
     def teacher(self) -> nn.Module:
         """The teacher the student distils from."""
         return self.best_G_A if self.best_G_A is not None else self.G_A
+
+    @property
+    def exported_student(self) -> nn.Module:
+        """The student a run evaluates and writes: its weight average once that has started, else itself."""
+        average = self.student_average.model if self.student_average is not None else None
+        return average if average is not None else self.student
 
     def named(self, with_best: bool = False) -> Iterator[tuple[str, nn.Module]]:
         """(name, module) of every network there is, under its checkpoint prefix."""

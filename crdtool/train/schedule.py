@@ -115,6 +115,11 @@ class Schedule:
     def student_epochs(self) -> int:
         return sum(ph.epochs for ph in self.phases if ph.trains_student)
 
+    @property
+    def total_student_steps(self) -> int:
+        """Student steps of the whole schedule, ignoring ``train.max_steps`` (as the learning rates do)."""
+        return self.student_epochs * self.epoch_len
+
     def planned_steps(self) -> int:
         """Steps (teacher and student) until the run ends: the schedule's end or the ``max_steps``-th student step."""
         cap = self.max_student_steps

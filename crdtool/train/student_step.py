@@ -48,6 +48,8 @@ class StudentStep:
             terms["D_A"] = d_loss
             ctx.update(ctx.opts.opt_D, d_loss, terms)
         ctx.progress.student_steps += 1
+        if ctx.nets.student_average is not None:
+            ctx.nets.student_average.update(ctx.nets.student, ctx.progress.student_steps - 1)
         return as_floats(terms)
 
     def teacher_outputs(self, batch: dict[str, torch.Tensor], real_A: torch.Tensor) -> torch.Tensor:
