@@ -675,6 +675,19 @@ def mean_std(xs: list[float]) -> tuple[float, float | None]:
     return m, (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
 
 
+def summarise(rows: list[dict], prefix: str = "") -> dict[str, Any]:
+    """Mean, sample std and per-seed values of each metric of ``rows`` (keys ``prefix + metric``)."""
+    out: dict[str, Any] = {}
+    for k in ("psnr_vs_teacher", "ssim_vs_teacher", "fid_to_teacher", "kid_to_teacher", "fid_dist_to_teacher",
+              "kid_dist_to_teacher"):
+        have = [r for r in rows if prefix + k in r]  # FID/KID are scored after a seed's arms are trained
+        m, sd = mean_std([r[prefix + k] for r in have])
+        out[k] = None if not have else round(m, 5)
+        out[k + "_std"] = round(sd, 5) if sd is not None else None
+        out[k + "_per_seed"] = {str(r["seed"]): r[prefix + k] for r in have}
+    return out
+
+
 def _half_gap(arms: dict, best_psnr: str, key: str, input_value: float, floor_value: float):
     """The FID target (half the gap from the inputs to the floor), the best arm by ``key``, and whether the
     best arm by PSNR and the best by ``key`` meet it; None while no arm is scored."""
@@ -694,15 +707,12 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
         if not mine:
             continue
         entry: dict[str, Any] = {"label": ARMS[arm], "seeds": [r["seed"] for r in mine],
-                                 "residual_student": arm != "pixel_plain"}
-        for k in ("psnr_vs_teacher", "ssim_vs_teacher", "fid_to_teacher", "kid_to_teacher", "fid_dist_to_teacher",
-                  "kid_dist_to_teacher"):
-            have = [r for r in mine if k in r]  # FID/KID are scored after a seed's arms are trained
-            m, sd = mean_std([r[k] for r in have])
-            entry[k] = None if not have else round(m, 5)
-            entry[k + "_std"] = round(sd, 5) if sd is not None else None
-            entry[k + "_per_seed"] = {str(r["seed"]): r[k] for r in have}
+                                 "residual_student": arm != "pixel_plain", **summarise(mine)}
         entry["s_per_step"] = round(float(np.mean([r["s_per_step"] for r in mine])), 3)
+        prefixes = sorted({k[:-len("psnr_vs_teacher")] for r in mine for k in r if k.endswith("_psnr_vs_teacher")})
+        if prefixes:  # an EMA run: its other weights of the same trajectories, side by side
+            entry["student_weights"] = variant_name(s.ema[0]) if s.ema else "last step"
+            entry["variants"] = {p[:-1]: summarise(mine, p) for p in prefixes}
         arms[arm] = entry
     inp, floor = refs["input"], refs["teacher_ref_split"]
     best = max(arms, key=lambda a: arms[a]["psnr_vs_teacher"]) if arms else None
@@ -790,6 +800,11 @@ def detail_gan_note(st: dict) -> str:
             f"{st.get('detail_d_lr_scale', 0.1)} x the lr)")
 
 
+def ema_note(st: dict) -> str:
+    ema = st.get("ema") or []
+    return f"; the student is the EMA (decay {ema[0]}) of its weights over the lr decay" if ema else ""
+
+
 def pool_note(pool: int) -> str:
     return f", in {pool}x{pool} blocks of bins" if pool > 1 else ""
 
@@ -817,6 +832,7 @@ def write_markdown(res: dict, path: Path) -> None:
         lines.append(f"| {arm}: {a['label']} | {ms('psnr_vs_teacher', 2)} | {ms('ssim_vs_teacher', 4)} | "
                      f"{ms('fid_to_teacher', 2)} | {ms('kid_to_teacher', 4)} | {ms('fid_dist_to_teacher', 2)} | "
                      f"{ms('kid_dist_to_teacher', 4)} | {len(a['seeds'])} |")
+    lines += variant_lines(res["arms"])
     t = res.get("targets")
     if t:
         fid = (f"FID <= {t['fid_target']} (half the gap from the input to a floor of {t['fid_floor_used']}) "
@@ -851,13 +867,30 @@ def write_markdown(res: dict, path: Path) -> None:
               f"{views_note(st.get('train_views') or [])}, Adam lr {st['lr']} "
               f"betas {st['betas']}, linear decay over the last {int(100 * (1 - st['decay_from']))}% of steps; "
               f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}"
-              f"{detail_gan_note(st)}, detail "
+              f"{detail_gan_note(st)}{ema_note(st)}, detail "
               f"{st.get('lambda_detail')}, spectral {st.get('lambda_spectral')} (from {st.get('spectral_min_freq')} "
               f"cycles/px{pool_note(st.get('spectral_pool', 1))}); "
               f"VGG-19 style 1e4 / feature 10. Host: {res['host']['cpu']} ({', '.join(res['host']['cpu_flags'])}), "
               f"{st['threads']} threads, load {res['host']['load_avg']}. Runs made by: "
               f"{', '.join('`' + c + '`' for c in res['run_commands'])}; this file by `{res['command']}`."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def variant_lines(arms: dict) -> list[str]:
+    """A table of an EMA run's weights side by side: the run's student, the last step's weights, other EMAs."""
+    lines: list[str] = []
+    for arm, a in arms.items():
+        if not a.get("variants"):
+            continue
+        lines += ["", f"{arm}, the same training runs, other weights (the row above is {a['student_weights']}; "
+                  "EMAs average the weights from the start of the lr decay on):", "",
+                  "| weights | PSNR (dB) | SSIM | FID paired | FID distribution | FID distribution per seed |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in {a["student_weights"]: a, **a["variants"]}.items():
+            per_seed = ", ".join(f"{k}: {_f(x)}" for k, x in v["fid_dist_to_teacher_per_seed"].items())
+            lines.append(f"| {name} | {_f(v['psnr_vs_teacher'])} | {_f(v['ssim_vs_teacher'], 4)} | "
+                         f"{_f(v['fid_to_teacher'])} | {_f(v['fid_dist_to_teacher'])} | {per_seed or '-'} |")
+    return lines
 
 
 def write_grid(s: Settings, splits: dict[str, Split], arms: list[str], path: Path, rows: int = 6) -> None:
@@ -897,6 +930,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambda-spectral", type=float, default=Settings.lambda_spectral)
     p.add_argument("--spectral-pool", type=int, default=Settings.spectral_pool,
                    help="the spectral term compares N x N blocks of frequency bins (1: each bin)")
+    p.add_argument("--lambda-gan-detail", type=float, default=Settings.lambda_gan_detail,
+                   help="weight of the fine-detail GAN (pixel_spectral_hfgan)")
+    p.add_argument("--detail-d-lr-scale", type=float, default=Settings.detail_d_lr_scale,
+                   help="the fine-detail D's rate as a multiple of --lr")
     p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
     p.add_argument("--skip-filter", action="store_true", help="a learned 3x3 filter per channel on the colour "
                    "skip's input (use another --results-dir: the default arms are without it)")
@@ -921,6 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
                  crop=a.crop, crop_align=a.crop_align, flip=not a.no_flip, lr=a.lr, train_views=a.train_views,
                  lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
+                 lambda_gan_detail=a.lambda_gan_detail, detail_d_lr_scale=a.detail_d_lr_scale,
                  colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads, ema=a.ema, latency=not a.no_latency, log_every=a.log_every,
                  fid_images=a.fid_images, dist_fid_images=a.dist_fid_images,
