@@ -187,8 +187,8 @@ class TrainConfig(RecipeSection):
         "keep an exponential moving average of the student's weights with this decay (0: off, e.g. 0.995); "
         "student.safetensors is then the average, and student-raw.safetensors the last weights"))
     ema_start: float = Field(0.5, ge=0, lt=1, description=(
-        "the fraction of the schedule's student steps after which the average starts (0.5: with the lr decay "
-        "of a pretrained teacher's schedule; train.max_steps does not move it)"))
+        "the fraction of the student steps the learning rate is scheduled over after which the average "
+        "starts (0.5: with the lr decay of a pretrained teacher's schedule and of task sr)"))
     nonfinite: Literal["stop", "skip"] = "stop"
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -211,20 +211,21 @@ def _tiny_recipe(tmp_path: Path, teacher: Path | None, **over) -> Path:
     lines += ["[student]", 'arch = "sr_resnet"', "ngf = 4", "n_blocks = 1", "[loss]",
               f'kd = "{"crd" if teacher else "none"}"', "patch_size = 8", "lambda_crd = 1.0",
               f"lambda_pixel = {1.0 if teacher else 0.0}", "[train]", "lr = 1e-3", "max_steps = 6", "eval_every = 3",
-              "checkpoint_every = 3", "threads = 1"]
+              "checkpoint_every = 3", "threads = 1", *(f"{k} = {v}" for k, v in over.items())]
     path = tmp_path / "sr.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def test_sr_distill_with_cached_teacher_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("average", [{}, {"ema_decay": 0.5, "ema_start": 0.3}], ids=["last-weights", "ema"])
+def test_sr_distill_with_cached_teacher_resumes_exactly(tmp_path, average):
     from crdtool.distill import run
     from crdtool.models.checkpoints import load_generator
 
     _tiny_sr_data(tmp_path / "data")
     teacher = tmp_path / "teacher.pth"
     torch.save({"params_ema": _tiny_rrdb().state_dict()}, teacher)
-    recipe = _tiny_recipe(tmp_path, teacher)
+    recipe = _tiny_recipe(tmp_path, teacher, **average)
     result = run(recipe)
     assert result.steps == 6 and result.last_eval["step"] == 6
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -234,6 +235,9 @@ def test_sr_distill_with_cached_teacher_resumes_exactly(tmp_path):
     assert "psnr_vs_teacher" in evals[-1] and "psnr_y" in evals[-1]
     assert list((tmp_path / "run" / "teacher_cache").rglob("*.npy"))  # outputs cached on disk
     full = load_generator(tmp_path / "run" / "student.safetensors").state_dict()
+    if average:  # the student file is the average of steps 1..5 (int(0.3 * 6) = 1), the raw file the last weights
+        raw = load_generator(tmp_path / "run" / "student-raw.safetensors").state_dict()
+        assert any(not torch.equal(full[k], raw[k]) for k in full if full[k].is_floating_point())
 
     # the same run stopped at step 3 (a checkpoint, as after Ctrl-C) and resumed ends with the same weights
     import shutil

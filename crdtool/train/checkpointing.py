@@ -17,9 +17,7 @@ from crdtool.train import state as ckpt
 from crdtool.train.networks import Networks, Optimizers, frozen_copy
 from crdtool.train.pool import ImagePool
 from crdtool.train.schedule import Progress
-
-
-AVERAGE_PREFIX = "student_average"  # the student's weight average in a checkpoint's weights
+from crdtool.train.weight_average import save_student_files
 
 
 def rank_prefix(rank: int) -> str:
@@ -61,10 +59,8 @@ class RunCheckpoints:
             ckpt.pack_optimizer(name, opt, snap)
         for k, pools in enumerate(rank_pools or [self.pool_tensors()]):
             snap.tensors.update({rank_prefix(k) + key: t for key, t in pools.items()})
-        average = self.nets.student_average
-        if average is not None and average.model is not None:
-            ckpt.module_weights(AVERAGE_PREFIX, average.model, snap)
-            snap.state["student_average_updates"] = average.updates
+        if self.nets.student_average is not None:
+            self.nets.student_average.pack(snap)
         ckpt.capture_rng(snap)  # rank 0's; every rank is seeded alike and draws alike from the global RNG
         ckpt.pack_scalers(self.rt.scaler_state(), snap)
         snap.state["progress"] = self.progress.__dict__.copy()
@@ -86,7 +82,8 @@ class RunCheckpoints:
             self.nets.best_G_A = best
         for name, opt in self.opts.named():
             ckpt.unpack_optimizer(name, opt, snap)
-        self._restore_average(snap, path)
+        if self.nets.student_average is not None:  # a checkpoint without one: the average starts anew
+            self.nets.student_average.unpack(self.nets.student, snap, path)
         prefix = rank_prefix(self.rt.rank)
         pools = {k[len(prefix):]: t for k, t in snap.tensors.items() if k.startswith(prefix + "pool.")}
         for name, pool in self.pools.items():
@@ -94,15 +91,6 @@ class RunCheckpoints:
         ckpt.restore_rng(snap)
         self.rt.load_scaler_state(ckpt.unpack_scalers(snap))
         self.progress.load(snap.state["progress"])
-
-    def _restore_average(self, snap: ckpt.Snapshot, path: Path) -> None:
-        """The student's weight average, if the checkpoint holds one; a run that had none starts it anew."""
-        average = self.nets.student_average
-        if average is None or "student_average_updates" not in snap.state:
-            return
-        prefix = AVERAGE_PREFIX + "."
-        weights = {k[len(prefix):]: v for k, v in snap.weights.items() if k.startswith(prefix)}
-        average.restore(self.nets.student, weights, snap.state["student_average_updates"], f"{path} ({AVERAGE_PREFIX})")
 
     def save(self) -> None:
         """Called on every rank (it gathers their image pools); only rank 0 writes."""
@@ -116,10 +104,5 @@ class RunCheckpoints:
     def export_generators(self) -> None:
         """student.safetensors / teacher.safetensors at the run root: what profile/export/bench read."""
         meta = {"recipe": self.recipe.name, "step": str(self.progress.step)}
-        average = self.nets.student_average
-        if average is not None and average.model is not None:
-            meta["weights"] = f"EMA of the last {average.updates} steps, decay {average.decay}"
-            save_generator(self.nets.student, self.run_dir / "student-raw.safetensors",
-                           {**meta, "weights": "the last step's"})
-        save_generator(self.nets.exported_student, self.run_dir / "student.safetensors", meta)
+        save_student_files(self.nets.student, self.nets.student_average, self.run_dir, meta)
         save_generator(self.nets.teacher, self.run_dir / "teacher.safetensors", meta)

@@ -19,7 +19,7 @@ from crdtool.models.checkpoints import load_generator
 from crdtool.recipe import Recipe
 from crdtool.runtime import Runtime
 from crdtool.train import state as ckpt
-from crdtool.train.weight_average import WeightAverage
+from crdtool.train.weight_average import WeightAverage, exported
 
 MODULES = ("G_A", "G_B", "student", "D_A", "D_B")
 OPTIMIZERS = ("opt_S", "opt_G", "opt_D")
@@ -90,8 +90,7 @@ class Networks:
     @property
     def exported_student(self) -> nn.Module:
         """The student a run evaluates and writes: its weight average once that has started, else itself."""
-        average = self.student_average.model if self.student_average is not None else None
-        return average if average is not None else self.student
+        return exported(self.student, self.student_average)
 
     def named(self, with_best: bool = False) -> Iterator[tuple[str, nn.Module]]:
         """(name, module) of every network there is, under its checkpoint prefix."""

@@ -32,13 +32,13 @@ from crdtool.errors import CrdError
 from crdtool.fileio import atomic_path, ensure_writable_dir
 from crdtool.metrics.sr import evaluate_sr, score_set
 from crdtool.models import build_generator
-from crdtool.models.checkpoints import save_generator
 from crdtool.models.registry import GeneratorSpec
 from crdtool.recipe import Recipe
 from crdtool.runtime import Runtime
 from crdtool.train import state as ckpt
 from crdtool.train.result import DistillResult
 from crdtool.train.run_log import LOG_EVERY
+from crdtool.train.weight_average import WeightAverage, exported, save_student_files
 
 
 def student_spec(recipe: Recipe) -> GeneratorSpec:
@@ -60,6 +60,12 @@ def sr_teacher_cache(teacher: nn.Module | None, mode: str, run_dir: Path):
     from crdtool.train.teacher_cache import TeacherCache
 
     return TeacherCache(teacher, folder=None if mode == "memory" else run_dir / "teacher_cache")
+
+
+def fingerprint(recipe: Recipe, student: nn.Module) -> dict[str, Any]:
+    """What an SR checkpoint must agree on with the recipe that resumes it."""
+    return {"student": student.spec.to_dict(), "seed": recipe.seed,  # type: ignore[attr-defined]
+            "teacher": str(recipe.teacher.checkpoint) if recipe.teacher.checkpoint else None}
 
 
 class SRTrainer:
@@ -87,6 +93,7 @@ class SRTrainer:
         self.opt = torch.optim.Adam(self.student.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
         per_epoch = max(1, len(self.patches) // d.batch_size)
         self.total_steps = t.max_steps if t.max_steps is not None else t.student_epochs * per_epoch
+        self.average = WeightAverage(t.ema_decay, int(t.ema_start * self.total_steps)) if t.ema_decay > 0 else None
         self._running: dict[str, float] = {}
         self._first_eval: dict[str, Any] | None = None
         self._last_eval: dict[str, Any] | None = None
@@ -172,6 +179,8 @@ class SRTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.average is not None:
+            self.average.update(self.student, self.step)
         self.step += 1
         return {k: float(v.detach()) for k, v in terms.items()}
 
@@ -195,8 +204,9 @@ class SRTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        self.student.eval()
-        score, outs = evaluate_sr(self._upscale(self.student), self.eval_pairs, self.r.data.scale)
+        student = exported(self.student, self.average)
+        student.eval()
+        score, outs = evaluate_sr(self._upscale(student), self.eval_pairs, self.r.data.scale)
         row: dict[str, Any] = {"kind": "eval", "step": self.step, "set": self.r.data.eval_sets[0],
                                "psnr_y": score.psnr, "ssim_y": score.ssim}
         if self.teacher is not None:
@@ -206,7 +216,7 @@ class SRTrainer:
             row.update(psnr_vs_teacher=fid.psnr, ssim_vs_teacher=fid.ssim)
         # what the distill summary shows: fidelity to the teacher, or to HR without one
         row.update(psnr_db=row.get("psnr_vs_teacher", score.psnr), ssim=row.get("ssim_vs_teacher", score.ssim))
-        self.student.train()
+        student.train()
         self._save_samples(outs)
         return row
 
@@ -221,27 +231,27 @@ class SRTrainer:
             Image.fromarray(grid).save(tmp, format="PNG")
 
     # ------------------------------------------------------------------ checkpoints
-    def fingerprint(self) -> dict[str, Any]:
-        return {"student": self.student.spec.to_dict(), "seed": self.r.seed,  # type: ignore[attr-defined]
-                "teacher": str(self.r.teacher.checkpoint) if self.r.teacher.checkpoint else None}
-
     def save(self) -> None:
         snap = ckpt.Snapshot()
         ckpt.module_weights("student", self.student, snap)
         ckpt.pack_optimizer("opt_S", self.opt, snap)
+        if self.average is not None:
+            self.average.pack(snap)
         ckpt.capture_rng(snap)
-        snap.state.update(step=self.step, fingerprint=self.fingerprint(), first_eval=self._first_eval)
+        snap.state.update(step=self.step, fingerprint=fingerprint(self.r, self.student), first_eval=self._first_eval)
         ckpt.save_checkpoint(self.run_dir, self.step, snap, keep=self.r.train.keep_checkpoints)
-        save_generator(self.student, self.run_dir / "student.safetensors",
-                       {"recipe": self.r.name, "step": str(self.step), "task": "sr"})
+        save_student_files(self.student, self.average, self.run_dir,
+                           {"recipe": self.r.name, "step": str(self.step), "task": "sr"})
 
     def restore(self, path: Path) -> None:
         snap = ckpt.load_checkpoint(path)
         saved = snap.state.get("fingerprint")
-        if saved != json.loads(json.dumps(self.fingerprint())):
+        if saved != json.loads(json.dumps(fingerprint(self.r, self.student))):
             raise CrdError(f"{path} was written by a different SR setup ({saved}); use a new output_dir")
         ckpt.load_module_weights("student", self.student, snap, path)
         ckpt.unpack_optimizer("opt_S", self.opt, snap)
+        if self.average is not None:
+            self.average.unpack(self.student, snap, path)
         ckpt.restore_rng(snap)
         self.step = int(snap.state["step"])
         self._first_eval = snap.state.get("first_eval")

@@ -9,11 +9,17 @@ the early steps would otherwise stay in a short run's average. The averaging its
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from crdtool.tensorfiles import load_state_strict
+from crdtool.models.checkpoints import save_generator
+from crdtool.train import state as ckpt
+
+PREFIX = "student_average"  # the average's weights in a checkpoint
+UPDATES_KEY = "student_average_updates"
 
 
 class WeightAverage:
@@ -43,11 +49,33 @@ class WeightAverage:
     def updates(self) -> int:
         return 0 if self._averaged is None else int(self._averaged.n_averaged)
 
-    def restore(self, model: nn.Module, weights: dict[str, torch.Tensor], updates: int, source: str) -> None:
-        """Take back an average saved as its model's ``weights`` after ``updates`` updates (a resumed run)."""
-        self._averaged = self._wrap(model)
-        load_state_strict(self._averaged.module, weights, source)
-        self._averaged.n_averaged.fill_(updates)
+    def pack(self, snap: ckpt.Snapshot) -> None:
+        """Put the average (once started) into a checkpoint: its weights and how many updates it holds."""
+        if self._averaged is not None:
+            ckpt.module_weights(PREFIX, self._averaged.module, snap)
+            snap.state[UPDATES_KEY] = self.updates
+
+    def unpack(self, model: nn.Module, snap: ckpt.Snapshot, source: Path) -> None:
+        """Take the average back from a checkpoint, around a copy of ``model``; one without it leaves none."""
+        self._averaged = None
+        if UPDATES_KEY in snap.state:
+            self._averaged = self._wrap(model)
+            ckpt.load_module_weights(PREFIX, self._averaged.module, snap, source)
+            self._averaged.n_averaged.fill_(snap.state[UPDATES_KEY])
 
     def _wrap(self, model: nn.Module) -> AveragedModel:
         return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+
+
+def exported(student: nn.Module, average: WeightAverage | None) -> nn.Module:
+    """The student a run evaluates and writes: its weight average once that has started, else itself."""
+    return average.model if average is not None and average.model is not None else student
+
+
+def save_student_files(student: nn.Module, average: WeightAverage | None, run_dir: Path,
+                       meta: dict[str, str]) -> None:
+    """``student.safetensors`` (the average once started) and, with an average, ``student-raw.safetensors``."""
+    if average is not None and average.model is not None:
+        save_generator(student, run_dir / "student-raw.safetensors", {**meta, "weights": "the last step's"})
+        meta = {**meta, "weights": f"EMA of {average.updates} steps, decay {average.decay}"}
+    save_generator(exported(student, average), run_dir / "student.safetensors", meta)
