@@ -6,11 +6,15 @@ Never zeros: some kernels (denormals, sparse paths) run at different speeds on c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from crdtool.data.synth import smooth_noise_images
 from crdtool.errors import CrdError
+
+if TYPE_CHECKING:
+    from crdtool.recipe import Recipe
 
 
 def find_image_folder(path: str | Path, direction: str = "AtoB") -> Path:
@@ -50,15 +54,16 @@ def run_folder_of(artifact: str | Path) -> Path | None:
     return None
 
 
-def recipe_test_folder(artifact: str | Path) -> Path | None:
-    """The test split named by the ``recipe.toml`` of the artifact's run folder, if any (best effort)."""
+def recipe_test_folder(artifact: str | Path, recipe: Recipe | None = None) -> Path | None:
+    """The test split named by the ``recipe.toml`` of the artifact's run folder (or by ``recipe``, that file
+    already read), if any (best effort)."""
     run = run_folder_of(artifact)
     if run is None:
         return None
     try:
         from crdtool.recipe import load_recipe
 
-        r = load_recipe(run / "recipe.toml")
+        r = recipe if recipe is not None else load_recipe(run / "recipe.toml")
         return find_image_folder(r.data.root, r.data.direction)
     except (CrdError, ImportError, AttributeError, OSError):
         return None

@@ -10,13 +10,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from PIL import Image
 
 from crdtool.errors import CrdError
 from crdtool.metrics import fid as fidlib
+
+if TYPE_CHECKING:
+    from crdtool.recipe import Recipe
 
 
 def parity_to_reference(reference: torch.Tensor, output: torch.Tensor):
@@ -54,7 +57,7 @@ def eval_split(root: str | Path, direction: str = "AtoB") -> EvalSplit:
                      f"{split.source} -> compared with {split.target}")
 
 
-def teacher_split(run: str | Path) -> EvalSplit | None:
+def teacher_split(run: str | Path, recipe: Recipe | None = None) -> EvalSplit | None:
     """For a run trained on a plain folder of photos (``data.layout = "folder"``): its held-out photos, with
     the run's teacher translating them as the real set, the reference such a run was distilled toward.
     None for other runs. Without this, a folder that happens to sit in a dataset would be scored against
@@ -63,7 +66,7 @@ def teacher_split(run: str | Path) -> EvalSplit | None:
     from crdtool.recipe import load_recipe
 
     run = Path(run)
-    r = load_recipe(run / "recipe.toml")
+    r = recipe if recipe is not None else load_recipe(run / "recipe.toml")
     if r.data.layout != "folder":
         return None
     teacher = run / "teacher.safetensors"

@@ -105,13 +105,15 @@ def fid_quality(specs: list[BenchSpec], data, direction: str, real_stats, n: int
     a temporary ONNX export); one failing artifact gets an error row, the others still run."""
     from crdtool.bench.quality import eval_split, evaluate_fid, load_real, teacher_split
     from crdtool.metrics.fid import load_inception
+    from crdtool.recipe import load_recipe
 
     say = on_fid or (lambda stage, name: None)
     split = None
     if data is None:
         run = run_folder_of(specs[0].artifact)
-        split = teacher_split(run) if run is not None else None
-        guess = recipe_test_folder(specs[0].artifact) if split is None else None
+        recipe = load_recipe(run / "recipe.toml") if run is not None else None  # read once, used twice
+        split = teacher_split(run, recipe) if recipe is not None else None
+        guess = recipe_test_folder(specs[0].artifact, recipe) if split is None else None
         data = guess.parent if guess is not None else None
     if data is None and split is None:
         raise CrdError("--fid needs --data ROOT (the dataset with the test split)")
