@@ -134,6 +134,8 @@ class Settings:
     spectral_min_freq: float = 0.25  # cycles per pixel: the band whose amplitudes the spectral term matches
     spectral_pool: int = 1  # compare the RMS amplitude of pool x pool blocks of bins (1: each bin)
     train_views: list[str] = field(default_factory=list)  # extra teacher-translated views (TRAIN_VIEWS)
+    extra_train: list[Path] = field(default_factory=list)  # more training photos (folders outside --data)
+    extra_train_images: int = 0  # at most this many from each (0: all)
     crd_patch: int = 32
     threads: int = 1  # on a shared 2-core host one thread per process beat two (less oversubscription)
     results_dir: Path = RESULTS
@@ -194,7 +196,8 @@ def split_files(s: Settings) -> dict[str, list[Path]]:
     train = list_images(s.data / "trainA")
     if s.train_images > len(train):
         raise SystemExit(f"trainA has {len(train)} images, fewer than --train-images {s.train_images}")
-    return {"test": list_images(s.data / "testA"), "train": train[:s.train_images]}
+    extra = [f for folder in s.extra_train for f in list_images(folder)[:s.extra_train_images or None]]
+    return {"test": list_images(s.data / "testA"), "train": train[:s.train_images] + extra}
 
 
 def heldout_sets(s: Settings, cache) -> tuple[Split, Split]:
@@ -743,7 +746,8 @@ def aggregate(s: Settings, rows: list[dict], refs: dict, speed: dict, lat: dict,
                 targets.update(fid_dist_floor=floor["fid_dist_to_teacher"], fid_dist_target=target,
                                best_arm_by_fid_dist=best_dist, fid_dist_met_by_best_psnr_arm=by_psnr,
                                fid_dist_met_by_best_arm=by_fid)
-    settings = {k: (rel(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
+    settings = {k: (rel(v) if isinstance(v, Path) else [rel(x) for x in v] if k == "extra_train" else v)
+                for k, v in asdict(s).items()}
     return {"format": RESULT_FORMAT, "version": 1, "settings": settings, "teacher": teacher_info,
             "student": {"arch": student_spec("pixel", s).describe(), "gmacs_256": student_gmacs(s),
                         "note": ("the input skip adds no MACs; the colour skip ~0.8M (the per-pixel 3x3 matrix, "
@@ -805,6 +809,12 @@ def ema_note(st: dict) -> str:
     return f"; the student is the EMA (decay {ema[0]}) of its weights over the lr decay" if ema else ""
 
 
+def extra_note(st: dict) -> str:
+    folders, n = st.get("extra_train") or [], st.get("extra_train_images", 0)
+    return (f" and {'the first ' + str(n) + ' photos' if n else 'all photos'} of {', '.join(folders)}"
+            if folders else "")
+
+
 def pool_note(pool: int) -> str:
     return f", in {pool}x{pool} blocks of bins" if pool > 1 else ""
 
@@ -860,7 +870,8 @@ def write_markdown(res: dict, path: Path) -> None:
                          f"{_f(i8.get('psnr_vs_teacher'))} | {_f(i8.get('ssim_vs_teacher'), 4)} |")
     st = res["settings"]
     lines += ["", res["metrics_note"] + "."]
-    lines += ["", f"Settings: {st['train_images']} training photos (first of trainA), {st['steps']} steps of batch "
+    lines += ["", f"Settings: {st['train_images']} training photos (first of trainA){extra_note(st)}, "
+              f"{st['steps']} steps of batch "
               f"{st['batch']} random {st['crop']} px crops of (input, cached teacher output)"
               f"{', offsets in multiples of ' + str(st['crop_align']) if st.get('crop_align', 1) > 1 else ''}"
               f"{', no flips' if not st.get('flip', True) else ''}"
@@ -926,6 +937,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-views", nargs="+", default=[], choices=list(TRAIN_VIEWS),
                    help="more training pairs: each training photo also mirrored, upside down or turned, "
                    "and translated by the teacher")
+    p.add_argument("--extra-train", nargs="+", type=Path, default=[],
+                   help="more training photos: image folders outside --data (never evaluated on)")
+    p.add_argument("--extra-train-images", type=int, default=0, help="at most N photos of each --extra-train "
+                   "folder, the first by name (0: all)")
     p.add_argument("--lr", type=float, default=Settings.lr)
     p.add_argument("--lambda-spectral", type=float, default=Settings.lambda_spectral)
     p.add_argument("--spectral-pool", type=int, default=Settings.spectral_pool,
@@ -960,7 +975,8 @@ def main(argv: list[str] | None = None) -> int:
                  lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
                  lambda_gan_detail=a.lambda_gan_detail, detail_d_lr_scale=a.detail_d_lr_scale,
                  colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
-                 train_images=a.train_images, threads=a.threads, ema=a.ema, latency=not a.no_latency, log_every=a.log_every,
+                 train_images=a.train_images, threads=a.threads,
+                 extra_train=[f.resolve() for f in a.extra_train], extra_train_images=a.extra_train_images, ema=a.ema, latency=not a.no_latency, log_every=a.log_every,
                  fid_images=a.fid_images, dist_fid_images=a.dist_fid_images,
                  results_dir=a.results_dir.resolve(), work_dir=a.work_dir.resolve(),
                  cache_dir=a.cache_dir.resolve())
