@@ -22,7 +22,7 @@ from crdtool.train.schedule import Progress, Schedule
 from crdtool.train.step_tools import NonfiniteGuard, StepContext
 from crdtool.train.student_step import StudentStep
 from crdtool.train.teacher_cache import TeacherCache
-from crdtool.train.weight_average import WeightAverage
+from crdtool.train.weight_average import average_for
 
 
 @dataclass
@@ -151,8 +151,8 @@ def build_run(recipe: Recipe, rt: Runtime, run_dir: Path) -> RunParts:
     t, pool_size = recipe.train, recipe.train.pool_size if recipe.task != "pix2pix" else 0
     pools = {"A": ImagePool(pool_size, seed=recipe.seed + 11), "B": ImagePool(pool_size, seed=recipe.seed + 12)}
     schedule = Schedule.plan(kind, t, (len(train_set) // rt.world_size) // recipe.data.batch_size)
-    if t.ema_decay > 0:
-        nets.student_average = WeightAverage(t.ema_decay, start_step=int(t.ema_start * schedule.total_student_steps))
+    nets.student_average = average_for(t, schedule.total_student_steps)
+    if nets.student_average is not None:
         notes.append(f"student weights: an EMA with decay {t.ema_decay} from student step "
                      f"{nets.student_average.start_step}; student.safetensors is the average")
     distribute(nets, rt)

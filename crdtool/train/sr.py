@@ -38,7 +38,7 @@ from crdtool.runtime import Runtime
 from crdtool.train import state as ckpt
 from crdtool.train.result import DistillResult
 from crdtool.train.run_log import LOG_EVERY
-from crdtool.train.weight_average import WeightAverage, exported, save_student_files
+from crdtool.train.weight_average import average_for, exported, save_student_files
 
 
 def student_spec(recipe: Recipe) -> GeneratorSpec:
@@ -93,7 +93,7 @@ class SRTrainer:
         self.opt = torch.optim.Adam(self.student.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
         per_epoch = max(1, len(self.patches) // d.batch_size)
         self.total_steps = t.max_steps if t.max_steps is not None else t.student_epochs * per_epoch
-        self.average = WeightAverage(t.ema_decay, int(t.ema_start * self.total_steps)) if t.ema_decay > 0 else None
+        self.average = average_for(t, self.total_steps)
         self._running: dict[str, float] = {}
         self._first_eval: dict[str, Any] | None = None
         self._last_eval: dict[str, Any] | None = None

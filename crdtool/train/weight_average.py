@@ -67,6 +67,14 @@ class WeightAverage:
         return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
 
 
+def average_for(train, total_student_steps: int) -> WeightAverage | None:
+    """The recipe's average (``train.ema_decay``, from ``train.ema_start`` of the scheduled student steps),
+    or None when it is off."""
+    if train.ema_decay <= 0:
+        return None
+    return WeightAverage(train.ema_decay, start_step=int(train.ema_start * total_student_steps))
+
+
 def exported(student: nn.Module, average: WeightAverage | None) -> nn.Module:
     """The student a run evaluates and writes: its weight average once that has started, else itself."""
     return average.model if average is not None and average.model is not None else student
