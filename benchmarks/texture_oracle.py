@@ -19,6 +19,11 @@ one part of its 2-D spectrum (per image and channel, 256 px) by the teacher's ou
                        photos (the teacher's high-band energy over the student's there): no teacher
                        output of the scored photos is used, so a deployed student could do the same
   noise_0.02           Gaussian noise of std 0.02 instead: any high-band energy at all
+  low_band             the other way round: the teacher's bins below 0.25 cycles/px (colours, light,
+                       shapes) under the student's own texture
+  low_band_0125        the teacher's bins below 0.125 cycles/px only: its colour grading and coarse light
+  colour_matrix        the student's output through one 3 x 4 colour matrix per image, fitted by least
+                       squares to the teacher's output of that photo: a perfect per-photo colour grade
 
     python benchmarks/texture_oracle.py \
         --student benchmarks/results/real_teacher_skip_filter/real_teacher/pixel_detail-seed0.safetensors
@@ -43,7 +48,17 @@ def band_masks(n: int) -> dict[str, torch.Tensor]:
     r = torch.maximum(fy, fx)
     nyquist = ((fy - 0.5).abs() <= 2 / n) | ((fx - 0.5).abs() <= 2 / n)
     return {"nyquist_lines": nyquist, "band_025_0375": (r >= 0.25) & (r < 0.375), "band_0375_05": r >= 0.375,
-            "high_band": r >= 0.25}
+            "high_band": r >= 0.25, "low_band": r < 0.25, "low_band_0125": r < 0.125}
+
+
+def colour_matched(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``x`` through the per-image affine colour map (3 x 4, least squares over all pixels) closest to
+    ``target``."""
+    n, c = x.shape[:2]
+    X = torch.cat([x.double().reshape(n, c, -1), torch.ones(n, 1, x[0, 0].numel(), dtype=torch.float64)], 1)
+    Y = target.double().reshape(n, c, -1)
+    M = torch.linalg.lstsq(X.transpose(1, 2), Y.transpose(1, 2)).solution  # (n, c + 1, c)
+    return (M.transpose(1, 2) @ X).reshape(x.shape).clamp(-1, 1).float()
 
 
 def high_band_energy(x: torch.Tensor) -> torch.Tensor:
@@ -79,6 +94,7 @@ def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Ten
     high = high_band_mask(*student.shape[-2:], 0.25)
     Sr, Tr = torch.fft.rfft2(student.double()), torch.fft.rfft2(teacher.double())
     out["high_band_blocks4"] = with_high_band_gain(student, block_gain(Sr, Tr, high, 4))
+    out["colour_matrix"] = colour_matched(student, teacher)
     g = torch.Generator().manual_seed(0)
     out["noise_0.02"] = (student + 0.02 * torch.randn(student.shape, generator=g)).clamp(-1, 1)
     return out
@@ -130,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(per image and channel) replaced by the vintagify teacher's, scored against the teacher's "
                     f"outputs on {s.dist_fid_images} other photos (real_teacher.py's distribution FID/KID)"),
            **rt.provenance("texture_oracle.py", argv)}
-    lines = [f"# What FID sees of the teacher's texture: {rt.rel(a.student)}", "",
+    lines = [f"# What FID sees of the teacher's output: {rt.rel(a.student)}", "",
              "| output | FID distribution | KID distribution |", "|---|---|---|"]
     lines += [f"| {k} | {v['fid_dist_to_teacher']:.2f} | {v['kid_dist_to_teacher']:.4f} |" for k, v in rows.items()]
     rt.write_report(res, a.out, lines)
