@@ -171,7 +171,8 @@ def test_isolated_worker_and_temp_export(models, student_onnx, monkeypatch):
     r = res[0]
     assert r.ok, r.error
     assert r.runs == 3 and r.command == "crdtool bench test" and len(seen) == 1
-    assert r.macs == profile_checkpoint(s, SIZE).total("literature") and r.params > 0
+    prof = profile_checkpoint(s, SIZE)
+    assert (r.macs, r.macs_exact, r.params) == (prof.total("literature"), prof.total("exact"), prof.params)
     # a checkpoint on onnxruntime is exported on the fly (once per shape; the fixture's export stands in for
     # it here); fidelity is against the checkpoint itself
     exports = []
@@ -208,7 +209,7 @@ def test_manifest_gives_macs_and_reference(models, student_onnx, tmp_path):
     _, _, s = models
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(Path(student_onnx).read_bytes())
-    assert A.manifest_entry(onnx) == {} and A.artifact_profile(onnx, SIZE) == (None, None)
+    assert A.manifest_entry(onnx) == {} and A.profile_artifact(onnx, SIZE) is None
     spec = load_generator(s).spec
     (tmp_path / "manifest.json").write_text(json.dumps({
         "format": "crdtool.export", "version": 1, "source": {"path": str(s), "generator": spec.to_dict()},
@@ -217,7 +218,9 @@ def test_manifest_gives_macs_and_reference(models, student_onnx, tmp_path):
     assert entry["source"] == str(s) and entry["kind"] == "onnx-fp32" and entry["spec"] == spec
     assert A.resolve_reference(onnx) == str(s)
     prof = profile_checkpoint(s, SIZE)
-    assert A.artifact_profile(onnx, SIZE) == (prof.total("literature"), prof.params)
+    got = A.profile_artifact(onnx, SIZE)
+    assert (got.total("literature"), got.params, got.total("exact")) == (
+        prof.total("literature"), prof.params, prof.total("exact"))
 
 
 class _CountingRunner(RN.Runner):

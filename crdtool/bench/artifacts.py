@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from crdtool.bench.inputs import find_image_folder, recipe_test_folder, run_folder_of
 from crdtool.bench.runners import artifact_kind
 from crdtool.errors import CrdError
 
+if TYPE_CHECKING:
+    from crdtool.profile import ModelProfile
 
-def artifact_profile(artifact: str | Path, size: int, reference: str | Path | None = None
-                     ) -> tuple[int | None, int | None]:
-    """(MACs per image in the literature convention, params) of an artifact, or (None, None) if unknown.
+
+def profile_artifact(artifact: str | Path, size: int, reference: str | Path | None = None) -> ModelProfile | None:
+    """The ``crdtool.profile`` ModelProfile of an artifact at ``size``, or None if its network is unknown.
 
     Torch artifacts are profiled; an ONNX/engine file uses ``reference``, else the generator spec or the
     source checkpoint recorded in the export's manifest.json beside it.
@@ -23,18 +25,15 @@ def artifact_profile(artifact: str | Path, size: int, reference: str | Path | No
 
     try:
         if artifact_kind(artifact) == "torch" or reference:
-            prof = profile_checkpoint(artifact if artifact_kind(artifact) == "torch" else reference, size)
-        else:
-            info = manifest_entry(artifact)
-            if info.get("spec") is not None:
-                prof = profile_spec(info["spec"], size)
-            elif info.get("source"):
-                prof = profile_checkpoint(info["source"], size)
-            else:
-                return None, None
+            return profile_checkpoint(artifact if artifact_kind(artifact) == "torch" else reference, size)
+        info = manifest_entry(artifact)
+        if info.get("spec") is not None:
+            return profile_spec(info["spec"], size)
+        if info.get("source"):
+            return profile_checkpoint(info["source"], size)
     except CrdError:
-        return None, None
-    return int(prof.total("literature")), int(prof.params)
+        pass
+    return None
 
 
 def native_size(artifact: str | Path) -> int:

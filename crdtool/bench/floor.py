@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from crdtool.bench.env import load_avg
-from crdtool.errors import CrdError
 
 PROBE_N = 1024  # one 1024^3 matmul = 1.07 G multiply-adds: long enough to time, short enough to repeat
 
@@ -58,25 +56,3 @@ def probe_fma_rate(threads: int, seconds: float = 0.6, n: int = PROBE_N) -> FmaP
     rates.sort()
     return FmaProbe(round(rates[-1], 2), round(rates[len(rates) // 2], 2), int(threads),
                     f"torch.mm fp32 {n}x{n}x{n}, best of {len(rates)}", len(rates), load_avg())
-
-
-def exact_macs(artifact: str | Path, size: int, reference: str | Path | None = None) -> int | None:
-    """Exact multiply-adds per image (every MAC once, the floor's numerator) of an artifact, or None."""
-    from crdtool.bench.artifacts import manifest_entry
-    from crdtool.bench.runners import artifact_kind
-    from crdtool.profile import profile_checkpoint, profile_spec
-
-    try:
-        if artifact_kind(artifact) == "torch" or reference:
-            prof = profile_checkpoint(artifact if artifact_kind(artifact) == "torch" else reference, size)
-        else:
-            info = manifest_entry(artifact)
-            if info.get("spec") is not None:
-                prof = profile_spec(info["spec"], size)
-            elif info.get("source"):
-                prof = profile_checkpoint(info["source"], size)
-            else:
-                return None
-    except CrdError:
-        return None
-    return int(prof.total("exact"))

@@ -24,18 +24,21 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from crdtool.bench.artifacts import artifact_profile, export_temp_onnx, resolve_reference
+from crdtool.bench.artifacts import export_temp_onnx, profile_artifact, resolve_reference
 from crdtool.bench.env import current_command, device_info, library_versions, load_avg, physical_cores
 from crdtool.bench.inputs import input_pool
-from crdtool.bench.floor import exact_macs, probe_fma_rate
+from crdtool.bench.floor import probe_fma_rate
 from crdtool.bench.dispatch import make_runner
 from crdtool.bench.runners import EDGE_BACKENDS, Runner, artifact_kind, default_backend, parse_backend
 from crdtool.errors import CrdError
+
+if TYPE_CHECKING:
+    from crdtool.profile import ModelProfile
 
 RESULT_MARKER = "CRDTOOL_BENCH_RESULT "
 INPUT_POOL = 8  # distinct input batches cycled through the timed runs
@@ -329,8 +332,7 @@ def bench_artifacts(artifacts: Sequence[str | Path | BenchSpec], backends: Seque
     specs = expand_specs(artifacts, backends, **common)
     command = command if command is not None else current_command()
     results: list[LatencyResult] = []
-    profiles: dict[tuple[str, int], tuple[int | None, int | None]] = {}
-    exact: dict[tuple[str, int], int | None] = {}
+    profiles: dict[tuple[str, int], ModelProfile | None] = {}  # (artifact, size) -> its profile, None if unknown
     rates: dict[int, float] = {}  # threads -> GMAC/s of the dense fp32 probe
     with tempfile.TemporaryDirectory(prefix="crdtool-bench-") as tmp:
         exported: dict[tuple[str, int, int], str] = {}
@@ -367,15 +369,11 @@ def bench_artifacts(artifacts: Sequence[str | Path | BenchSpec], backends: Seque
                                        spec.batch, spec.size, error=error)
             pkey = (spec.reference or spec.artifact, spec.size)
             if result.ok and pkey not in profiles:  # a failed row shows no MACs (they were for a size it lacks)
-                try:
-                    profiles[pkey] = artifact_profile(spec.artifact, spec.size, spec.reference)
-                except CrdError:
-                    profiles[pkey] = (None, None)
-            if result.ok:
-                result.macs, result.params = profiles[pkey]
-                if pkey not in exact:
-                    exact[pkey] = exact_macs(spec.artifact, spec.size, spec.reference)
-                result.macs_exact = exact[pkey]
+                profiles[pkey] = profile_artifact(spec.artifact, spec.size, spec.reference)
+            if result.ok and profiles[pkey] is not None:
+                prof = profiles[pkey]
+                result.macs, result.params = int(prof.total("literature")), int(prof.params)
+                result.macs_exact = int(prof.total("exact"))
                 if floor_probe and result.device.get("device") == "cpu":
                     key = result.threads or physical_cores()
                     if key not in rates:  # after the first CPU measurement, so imports and page-ins are done

@@ -28,10 +28,11 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from crdtool.errors import CrdError
 from crdtool.fileio import write_bytes_atomic
+from crdtool.models.searched import validate_description
 
 SR_ARCH_FORMAT = "crdtool.sr_arch"
 SR_ARCH_VERSION = 1
@@ -164,15 +165,7 @@ class _SRArch(BaseModel):
 
 def validate_sr_arch(data: Any, source: str = "sr arch") -> dict[str, Any]:
     """Check a description and return it normalised; one-line CrdError naming the field."""
-    if not isinstance(data, dict):
-        raise CrdError(f"{source}: expected a JSON object, got {type(data).__name__}")
-    try:
-        model = _SRArch.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(root)"
-        raise CrdError(f"{source}: field {loc}: {err['msg']}") from None
-    return model.model_dump()
+    return validate_description(_SRArch, data, source)
 
 
 def is_sr_arch(data: Any) -> bool:
