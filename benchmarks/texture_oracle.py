@@ -22,8 +22,11 @@ one part of its 2-D spectrum (per image and channel, 256 px) by the teacher's ou
   low_band             the other way round: the teacher's bins below 0.25 cycles/px (colours, light,
                        shapes) under the student's own texture
   low_band_0125        the teacher's bins below 0.125 cycles/px only: its colour grading and coarse light
+  band_0125_025        the teacher's bins in [0.125, 0.25) cycles/px only: structure of 4-8 px periods
   colour_matrix        the student's output through one 3 x 4 colour matrix per image, fitted by least
                        squares to the teacher's output of that photo: a perfect per-photo colour grade
+  colour_grid4/8       one such matrix per cell of a 4 x 4 (8 x 8) grid over the image, blended
+                       bilinearly between cell centres: a perfect coarse, spatially varying grade
 
     python benchmarks/texture_oracle.py \
         --student benchmarks/results/real_teacher_skip_filter/real_teacher/pixel_detail-seed0.safetensors
@@ -48,7 +51,8 @@ def band_masks(n: int) -> dict[str, torch.Tensor]:
     r = torch.maximum(fy, fx)
     nyquist = ((fy - 0.5).abs() <= 2 / n) | ((fx - 0.5).abs() <= 2 / n)
     return {"nyquist_lines": nyquist, "band_025_0375": (r >= 0.25) & (r < 0.375), "band_0375_05": r >= 0.375,
-            "high_band": r >= 0.25, "low_band": r < 0.25, "low_band_0125": r < 0.125}
+            "high_band": r >= 0.25, "low_band": r < 0.25, "low_band_0125": r < 0.125,
+            "band_0125_025": (r >= 0.125) & (r < 0.25)}
 
 
 def colour_matched(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -59,6 +63,21 @@ def colour_matched(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Y = target.double().reshape(n, c, -1)
     M = torch.linalg.lstsq(X.transpose(1, 2), Y.transpose(1, 2)).solution  # (n, c + 1, c)
     return (M.transpose(1, 2) @ X).reshape(x.shape).clamp(-1, 1).float()
+
+
+def colour_grid_matched(x: torch.Tensor, target: torch.Tensor, cells: int) -> torch.Tensor:
+    """``x`` through one least-squares 3 x 4 colour map per cell of a ``cells`` x ``cells`` grid, the
+    maps' coefficients interpolated bilinearly between cell centres (as a bilateral-grid retoucher
+    would), so no cell edge shows."""
+    n, c, h, w = x.shape
+    X = torch.cat([x.double(), torch.ones(n, 1, h, w, dtype=torch.float64)], 1)  # (n, c + 1, h, w)
+    tile = lambda t: (t.reshape(n, t.shape[1], cells, h // cells, cells, w // cells)  # noqa: E731
+                      .permute(0, 2, 4, 3, 5, 1).reshape(n, cells, cells, -1, t.shape[1]))
+    M = torch.linalg.lstsq(tile(X), tile(target.double())).solution  # (n, cells, cells, c + 1, c)
+    M = M.reshape(n, cells, cells, -1).permute(0, 3, 1, 2)  # (n, (c + 1) * c, cells, cells)
+    M = torch.nn.functional.interpolate(M, size=(h, w), mode="bilinear", align_corners=False)
+    M = M.reshape(n, c + 1, c, h, w)
+    return (X[:, :, None] * M).sum(1).clamp(-1, 1).float()
 
 
 def high_band_energy(x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +114,8 @@ def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Ten
     Sr, Tr = torch.fft.rfft2(student.double()), torch.fft.rfft2(teacher.double())
     out["high_band_blocks4"] = with_high_band_gain(student, block_gain(Sr, Tr, high, 4))
     out["colour_matrix"] = colour_matched(student, teacher)
+    for cells in (4, 8):
+        out[f"colour_grid{cells}"] = colour_grid_matched(student, teacher, cells)
     g = torch.Generator().manual_seed(0)
     out["noise_0.02"] = (student + 0.02 * torch.randn(student.shape, generator=g)).clamp(-1, 1)
     return out
