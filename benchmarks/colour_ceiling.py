@@ -45,6 +45,11 @@ def apply_map(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (_design(x) @ m).float().view(n, h, w, c).permute(0, 3, 1, 2).clamp(-1, 1)
 
 
+def per_photo(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Each photo of ``x`` through its own least-squares colour map to its ``t``."""
+    return torch.cat([apply_map(fit_map(a[None], b[None]), a[None]) for a, b in zip(x, t)])
+
+
 def scores(x: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
     f = rt.fidelity_scores(x, t)
     return {k: round(v, 4) for k, v in f.items()}
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     train, test = splits["train"], splits["test"]
     shared = fit_map(train.inputs, train.teacher)
     oracle = fit_map(test.inputs, test.teacher)
-    per_image = torch.cat([apply_map(fit_map(x[None], t[None]), x[None]) for x, t in zip(test.inputs, test.teacher)])
+    per_image = per_photo(test.inputs, test.teacher)
     rows = {"input": scores(test.inputs, test.teacher),
             "global": scores(apply_map(shared, test.inputs), test.teacher),
             "global_oracle": scores(apply_map(oracle, test.inputs), test.teacher),

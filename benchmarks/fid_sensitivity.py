@@ -31,10 +31,6 @@ import colour_ceiling as cc  # noqa: E402
 import real_teacher as rt  # noqa: E402
 
 
-def colour_per_image(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return torch.cat([cc.apply_map(cc.fit_map(a[None], b[None]), a[None]) for a, b in zip(x, t)])
-
-
 def edits(seed: int = 0) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """name -> f(inputs, teacher outputs) in [-1, 1]."""
     def noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -42,10 +38,10 @@ def edits(seed: int = 0) -> dict[str, Callable[[torch.Tensor, torch.Tensor], tor
         return (t + 2 * 0.02 * torch.randn(t.shape, generator=g)).clamp(-1, 1)
 
     def detail(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (rt.gaussian_blur(colour_per_image(x, t), 1.0) + t - rt.gaussian_blur(t, 1.0)).clamp(-1, 1)
+        return (rt.gaussian_blur(cc.per_photo(x, t), 1.0) + t - rt.gaussian_blur(t, 1.0)).clamp(-1, 1)
 
     return {"input": lambda x, t: x,
-            "colour_per_image": colour_per_image,
+            "colour_per_image": cc.per_photo,
             "colour_per_image+detail": detail,
             "teacher_blur_0.5": lambda x, t: rt.gaussian_blur(t, 0.5),
             "teacher_blur_1.0": lambda x, t: rt.gaussian_blur(t, 1.0),

@@ -55,20 +55,10 @@ def band_masks(n: int) -> dict[str, torch.Tensor]:
             "band_0125_025": (r >= 0.125) & (r < 0.25)}
 
 
-def colour_matched(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``x`` through the per-image affine colour map (3 x 4, least squares over all pixels) closest to
-    ``target``."""
-    n, c = x.shape[:2]
-    X = torch.cat([x.double().reshape(n, c, -1), torch.ones(n, 1, x[0, 0].numel(), dtype=torch.float64)], 1)
-    Y = target.double().reshape(n, c, -1)
-    M = torch.linalg.lstsq(X.transpose(1, 2), Y.transpose(1, 2)).solution  # (n, c + 1, c)
-    return (M.transpose(1, 2) @ X).reshape(x.shape).clamp(-1, 1).float()
-
-
 def colour_grid_matched(x: torch.Tensor, target: torch.Tensor, cells: int) -> torch.Tensor:
     """``x`` through one least-squares 3 x 4 colour map per cell of a ``cells`` x ``cells`` grid, the
     maps' coefficients interpolated bilinearly between cell centres (as a bilateral-grid retoucher
-    would), so no cell edge shows."""
+    would), so no cell edge shows; ``cells = 1`` is one map per image."""
     n, c, h, w = x.shape
     X = torch.cat([x.double(), torch.ones(n, 1, h, w, dtype=torch.float64)], 1)  # (n, c + 1, h, w)
     tile = lambda t: (t.reshape(n, t.shape[1], cells, h // cells, cells, w // cells)  # noqa: E731
@@ -113,7 +103,7 @@ def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Ten
     high = high_band_mask(*student.shape[-2:], 0.25)
     Sr, Tr = torch.fft.rfft2(student.double()), torch.fft.rfft2(teacher.double())
     out["high_band_blocks4"] = with_high_band_gain(student, block_gain(Sr, Tr, high, 4))
-    out["colour_matrix"] = colour_matched(student, teacher)
+    out["colour_matrix"] = colour_grid_matched(student, teacher, 1)
     for cells in (4, 8):
         out[f"colour_grid{cells}"] = colour_grid_matched(student, teacher, cells)
     g = torch.Generator().manual_seed(0)
