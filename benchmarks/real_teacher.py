@@ -124,6 +124,8 @@ class Settings:
     fid_images: int = 50  # paired FID/KID: the first N testA photos, each output vs the teacher's output of it
     dist_fid_images: int = 400  # distribution FID/KID: outputs on N held-out photos vs the teacher on N others
     lambda_pixel: float = 10.0
+    lambda_coarse: float = 0.0  # an extra L1 below the texture band (1 px Gaussian blur of both): under the
+    # grain, pixel L1's sign gradient hardly feels a shift in local tone; blurred, it does at full strength
     lambda_crd: float = 25.0
     lambda_gan: float = 1.0
     lambda_detail: float = 10.0
@@ -298,6 +300,8 @@ class Losses:
         s, parts = self.s, {}
         if "pixel" in self.terms:
             parts["pixel"] = s.lambda_pixel * F.l1_loss(out, target)
+        if s.lambda_coarse:
+            parts["coarse"] = s.lambda_coarse * F.l1_loss(gaussian_blur(out, 1.0), gaussian_blur(target, 1.0))
         if "lowpass" in self.terms:  # L1 below the texture band: a wrong-phase grain costs nothing here
             parts["pixel"] = s.lambda_pixel * F.l1_loss(gaussian_blur(out, 1.0), gaussian_blur(target, 1.0))
         if "detail" in self.terms:  # L1 of the band above a 1 px Gaussian: the teacher's fine texture
@@ -877,7 +881,7 @@ def write_markdown(res: dict, path: Path) -> None:
               f"{', no flips' if not st.get('flip', True) else ''}"
               f"{views_note(st.get('train_views') or [])}, Adam lr {st['lr']} "
               f"betas {st['betas']}, linear decay over the last {int(100 * (1 - st['decay_from']))}% of steps; "
-              f"lambda pixel {st['lambda_pixel']}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}"
+              f"lambda pixel {st['lambda_pixel']}{coarse_note(st)}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}"
               f"{detail_gan_note(st)}{ema_note(st)}, detail "
               f"{st.get('lambda_detail')}, spectral {st.get('lambda_spectral')} (from {st.get('spectral_min_freq')} "
               f"cycles/px{pool_note(st.get('spectral_pool', 1))}); "
@@ -885,6 +889,10 @@ def write_markdown(res: dict, path: Path) -> None:
               f"{st['threads']} threads, load {res['host']['load_avg']}. Runs made by: "
               f"{', '.join('`' + c + '`' for c in res['run_commands'])}; this file by `{res['command']}`."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def coarse_note(st: dict) -> str:
+    return f" (+ {st['lambda_coarse']} on both blurred by 1 px)" if st.get("lambda_coarse") else ""
 
 
 def variant_lines(arms: dict) -> list[str]:
@@ -945,6 +953,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambda-spectral", type=float, default=Settings.lambda_spectral)
     p.add_argument("--spectral-pool", type=int, default=Settings.spectral_pool,
                    help="the spectral term compares N x N blocks of frequency bins (1: each bin)")
+    p.add_argument("--lambda-coarse", type=float, default=Settings.lambda_coarse,
+                   help="weight of an extra L1 between the output and the teacher's, both blurred by 1 px")
     p.add_argument("--lambda-gan-detail", type=float, default=Settings.lambda_gan_detail,
                    help="weight of the fine-detail GAN (pixel_spectral_hfgan)")
     p.add_argument("--detail-d-lr-scale", type=float, default=Settings.detail_d_lr_scale,
@@ -973,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(data=a.data.resolve(), teacher=a.teacher, vgg=a.vgg, arms=a.arms, seeds=a.seeds, steps=a.steps,
                  crop=a.crop, crop_align=a.crop_align, flip=not a.no_flip, lr=a.lr, train_views=a.train_views,
                  lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
-                 lambda_gan_detail=a.lambda_gan_detail, detail_d_lr_scale=a.detail_d_lr_scale,
+                 lambda_gan_detail=a.lambda_gan_detail, lambda_coarse=a.lambda_coarse, detail_d_lr_scale=a.detail_d_lr_scale,
                  colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads,
                  extra_train=[f.resolve() for f in a.extra_train], extra_train_images=a.extra_train_images, ema=a.ema, latency=not a.no_latency, log_every=a.log_every,
