@@ -27,6 +27,9 @@ one part of its 2-D spectrum (per image and channel, 256 px) by the teacher's ou
                        squares to the teacher's output of that photo: a perfect per-photo colour grade
   colour_grid4/8       one such matrix per cell of a 4 x 4 (8 x 8) grid over the image, blended
                        bilinearly between cell centres: a perfect coarse, spatially varying grade
+  colour_poly2/3       one least-squares map per image from the monomials of the student's colours up
+                       to degree 2 (3): a perfect per-photo tone curve with channel mixing, which no
+                       3 x 4 matrix can bend
 
     python benchmarks/texture_oracle.py \
         --student benchmarks/results/real_teacher_skip_filter/real_teacher/pixel_detail-seed0.safetensors
@@ -55,18 +58,29 @@ def band_masks(n: int) -> dict[str, torch.Tensor]:
             "band_0125_025": (r >= 0.125) & (r < 0.25)}
 
 
-def colour_grid_matched(x: torch.Tensor, target: torch.Tensor, cells: int) -> torch.Tensor:
-    """``x`` through one least-squares 3 x 4 colour map per cell of a ``cells`` x ``cells`` grid, the
-    maps' coefficients interpolated bilinearly between cell centres (as a bilateral-grid retoucher
-    would), so no cell edge shows; ``cells = 1`` is one map per image."""
+def colour_monomials(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """(N, K, H, W) float64: the channels, their products up to ``degree``, then a constant 1."""
+    from itertools import combinations_with_replacement
+
+    x = x.double()
+    terms = [x[:, list(idx)].prod(1, keepdim=True) for d in range(2, degree + 1)
+             for idx in combinations_with_replacement(range(x.shape[1]), d)]
+    return torch.cat([x, *terms, torch.ones_like(x[:, :1])], 1)
+
+
+def colour_grid_matched(x: torch.Tensor, target: torch.Tensor, cells: int, degree: int = 1) -> torch.Tensor:
+    """``x`` through one least-squares colour map per cell of a ``cells`` x ``cells`` grid, the maps'
+    coefficients interpolated bilinearly between cell centres (as a bilateral-grid retoucher would), so no
+    cell edge shows; ``cells = 1`` is one map per image. ``degree`` 1: a 3 x 4 matrix; higher: a map from
+    the colours' monomials (``colour_monomials``)."""
     n, c, h, w = x.shape
-    X = torch.cat([x.double(), torch.ones(n, 1, h, w, dtype=torch.float64)], 1)  # (n, c + 1, h, w)
+    X = colour_monomials(x, degree)  # (n, k, h, w)
     tile = lambda t: (t.reshape(n, t.shape[1], cells, h // cells, cells, w // cells)  # noqa: E731
                       .permute(0, 2, 4, 3, 5, 1).reshape(n, cells, cells, -1, t.shape[1]))
     M = torch.linalg.lstsq(tile(X), tile(target.double())).solution  # (n, cells, cells, c + 1, c)
-    M = M.reshape(n, cells, cells, -1).permute(0, 3, 1, 2)  # (n, (c + 1) * c, cells, cells)
+    M = M.reshape(n, cells, cells, -1).permute(0, 3, 1, 2)  # (n, k * c, cells, cells)
     M = torch.nn.functional.interpolate(M, size=(h, w), mode="bilinear", align_corners=False)
-    M = M.reshape(n, c + 1, c, h, w)
+    M = M.reshape(n, X.shape[1], c, h, w)
     return (X[:, :, None] * M).sum(1).clamp(-1, 1).float()
 
 
@@ -106,6 +120,8 @@ def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Ten
     out["colour_matrix"] = colour_grid_matched(student, teacher, 1)
     for cells in (4, 8):
         out[f"colour_grid{cells}"] = colour_grid_matched(student, teacher, cells)
+    for degree in (2, 3):
+        out[f"colour_poly{degree}"] = colour_grid_matched(student, teacher, 1, degree)
     g = torch.Generator().manual_seed(0)
     out["noise_0.02"] = (student + 0.02 * torch.randn(student.shape, generator=g)).clamp(-1, 1)
     return out
