@@ -131,7 +131,8 @@ class Settings:
     lambda_detail: float = 10.0
     lambda_gan_detail: float = 0.5  # the fine-detail GAN (pixel_spectral_hfgan) ...
     detail_d_ndf: int = 32  # ... its D: a quarter of the PatchGAN's MACs ...
-    detail_d_lr_scale: float = 0.1  # ... at a tenth of the student's rate
+    detail_d_lr_scale: float = 0.1  # ... at a tenth of the student's rate ...
+    detail_sigma: float = 1.0  # ... judging each image minus its blur of this many px (2: an octave lower)
     lambda_spectral: float = 20.0
     spectral_min_freq: float = 0.25  # cycles per pixel: the band whose amplitudes the spectral term matches
     spectral_pool: int = 1  # compare the RMS amplitude of pool x pool blocks of bins (1: each bin)
@@ -294,7 +295,7 @@ class Losses:
         self.lambda_gan = s.lambda_gan_detail if self.detail_only else s.lambda_gan
 
     def judged(self, x: torch.Tensor) -> torch.Tensor:
-        return fine_detail(x) if self.detail_only else x
+        return fine_detail(x, self.s.detail_sigma) if self.detail_only else x
 
     def student_loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         s, parts = self.s, {}
@@ -805,7 +806,8 @@ def detail_gan_note(st: dict) -> str:
     if "pixel_spectral_hfgan" not in st.get("arms", []):
         return ""
     return (f" (fine-detail GAN {st.get('lambda_gan_detail')}, its D ndf {st.get('detail_d_ndf', 32)} at "
-            f"{st.get('detail_d_lr_scale', 0.1)} x the lr)")
+            f"{st.get('detail_d_lr_scale', 0.1)} x the lr, judging each image minus its "
+            f"{st.get('detail_sigma', 1.0)} px blur)")
 
 
 def ema_note(st: dict) -> str:
@@ -957,6 +959,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of an extra L1 between the output and the teacher's, both blurred by 1 px")
     p.add_argument("--lambda-gan-detail", type=float, default=Settings.lambda_gan_detail,
                    help="weight of the fine-detail GAN (pixel_spectral_hfgan)")
+    p.add_argument("--detail-sigma", type=float, default=Settings.detail_sigma,
+                   help="the fine-detail D judges each image minus its Gaussian blur of N px")
     p.add_argument("--detail-d-lr-scale", type=float, default=Settings.detail_d_lr_scale,
                    help="the fine-detail D's rate as a multiple of --lr")
     p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
@@ -984,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
                  crop=a.crop, crop_align=a.crop_align, flip=not a.no_flip, lr=a.lr, train_views=a.train_views,
                  lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
                  lambda_gan_detail=a.lambda_gan_detail, lambda_coarse=a.lambda_coarse, detail_d_lr_scale=a.detail_d_lr_scale,
+                 detail_sigma=a.detail_sigma,
                  colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads,
                  extra_train=[f.resolve() for f in a.extra_train], extra_train_images=a.extra_train_images, ema=a.ema, latency=not a.no_latency, log_every=a.log_every,
