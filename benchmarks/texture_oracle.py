@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -74,6 +75,8 @@ def colour_grid_matched(x: torch.Tensor, target: torch.Tensor, cells: int, degre
     cell edge shows; ``cells = 1`` is one map per image. ``degree`` 1: a 3 x 4 matrix; higher: a map from
     the colours' monomials (``colour_monomials``)."""
     n, c, h, w = x.shape
+    if n > 8:  # a few photos at a time: the monomials of the whole held-out set are gigabytes
+        return torch.cat([colour_grid_matched(x[i:i + 8], target[i:i + 8], cells, degree) for i in range(0, n, 8)])
     X = colour_monomials(x, degree)  # (n, k, h, w)
     tile = lambda t: (t.reshape(n, t.shape[1], cells, h // cells, cells, w // cells)  # noqa: E731
                       .permute(0, 2, 4, 3, 5, 1).reshape(n, cells, cells, -1, t.shape[1]))
@@ -101,29 +104,46 @@ def with_high_band_gain(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft2(X * g, s=x.shape[-2:]).clamp(-1, 1).float()
 
 
-def hybrids(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The student's outputs with parts of their spectra taken from the teacher's, in [-1, 1]."""
-    S, T = torch.fft.fft2(student.double()), torch.fft.fft2(teacher.double())
-    back = lambda F: torch.fft.ifft2(F).real.clamp(-1, 1).float()  # noqa: E731
-    out = {"student": student}
-    masks = band_masks(student.shape[-1])
-    for name, m in masks.items():
-        out[name] = back(torch.where(m, T, S))
-    out["high_band_amplitude"] = back(torch.where(masks["high_band"], S / S.abs().clamp_min(1e-12) * T.abs(), S))
+def hybrid_makers(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """Each row's maker: the student's outputs with a part taken from the teacher's, in [-1, 1]. Rows are
+    made one at a time, only those scored: each is as large as the held-out set, and so are the spectra."""
+    from functools import cache
+
     from crdtool.losses.spectral import high_band_mask
 
-    per_image = (high_band_energy(teacher) / high_band_energy(student).clamp_min(1e-12)).sqrt()
-    out["high_band_gain"] = with_high_band_gain(student, per_image[..., None, None])
-    high = high_band_mask(*student.shape[-2:], 0.25)
-    Sr, Tr = torch.fft.rfft2(student.double()), torch.fft.rfft2(teacher.double())
-    out["high_band_blocks4"] = with_high_band_gain(student, block_gain(Sr, Tr, high, 4))
-    out["colour_matrix"] = colour_grid_matched(student, teacher, 1)
+    S = cache(lambda: torch.fft.fft2(student.double()))
+    T = cache(lambda: torch.fft.fft2(teacher.double()))
+    back = lambda F: torch.fft.ifft2(F).real.clamp(-1, 1).float()  # noqa: E731
+    masks = band_masks(student.shape[-1])
+
+    def amplitude() -> torch.Tensor:
+        return back(torch.where(masks["high_band"], S() / S().abs().clamp_min(1e-12) * T().abs(), S()))
+
+    def gain_per_image() -> torch.Tensor:
+        per_image = (high_band_energy(teacher) / high_band_energy(student).clamp_min(1e-12)).sqrt()
+        return with_high_band_gain(student, per_image[..., None, None])
+
+    def blocks4() -> torch.Tensor:
+        high = high_band_mask(*student.shape[-2:], 0.25)
+        Sr, Tr = torch.fft.rfft2(student.double()), torch.fft.rfft2(teacher.double())
+        return with_high_band_gain(student, block_gain(Sr, Tr, high, 4))
+
+    def noise() -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return (student + 0.02 * torch.randn(student.shape, generator=g)).clamp(-1, 1)
+
+    out: dict[str, Callable[[], torch.Tensor]] = {"student": lambda: student}
+    for name, m in masks.items():
+        out[name] = lambda m=m: back(torch.where(m, T(), S()))
+    out["high_band_amplitude"] = amplitude
+    out["high_band_gain"] = gain_per_image
+    out["high_band_blocks4"] = blocks4
+    out["colour_matrix"] = lambda: colour_grid_matched(student, teacher, 1)
     for cells in (4, 8):
-        out[f"colour_grid{cells}"] = colour_grid_matched(student, teacher, cells)
+        out[f"colour_grid{cells}"] = lambda cells=cells: colour_grid_matched(student, teacher, cells)
     for degree in (2, 3):
-        out[f"colour_poly{degree}"] = colour_grid_matched(student, teacher, 1, degree)
-    g = torch.Generator().manual_seed(0)
-    out["noise_0.02"] = (student + 0.02 * torch.randn(student.shape, generator=g)).clamp(-1, 1)
+        out[f"colour_poly{degree}"] = lambda degree=degree: colour_grid_matched(student, teacher, 1, degree)
+    out["noise_0.02"] = noise
     return out
 
 
@@ -157,16 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{a.student.stem}-{weights_digest(student)[:12]}"
     rows = {}
     outputs = rt.translate(student, evaluated.inputs)
-    table = hybrids(outputs, evaluated.teacher)
+    table = hybrid_makers(outputs, evaluated.teacher)
     train = scorer.splits["train"]
-    gain = (high_band_energy(train.teacher).sum(0)
-            / high_band_energy(rt.translate(student, train.inputs)).sum(0)).sqrt()
-    rt.log(f"high-band gain fitted on {len(train.files)} training photos: {[round(float(g), 3) for g in gain]}")
-    table["high_band_train_gain"] = with_high_band_gain(outputs, gain[:, None, None])
-    for name, images in table.items():
+
+    def train_gain() -> torch.Tensor:
+        gain = (high_band_energy(train.teacher).sum(0)
+                / high_band_energy(rt.translate(student, train.inputs)).sum(0)).sqrt()
+        rt.log(f"high-band gain fitted on {len(train.files)} training photos: {[round(float(g), 3) for g in gain]}")
+        return with_high_band_gain(outputs, gain[:, None, None])
+
+    table["high_band_train_gain"] = train_gain
+    for name, make in table.items():
         if a.rows and name not in a.rows:
             continue
-        rows[name] = {k: round(v, 5) for k, v in scorer.score_dist(f"oracle-{tag}-{name}", images).items()}
+        rows[name] = {k: round(v, 5) for k, v in scorer.score_dist(f"oracle-{tag}-{name}", make()).items()}
         rt.log(f"{name}: {rows[name]}")
     res = {"format": "crdtool.texture-oracle", "version": 1, "student": rt.rel(a.student), "rows": rows,
            "what": (f"the student's outputs on {s.dist_fid_images} held-out photos with parts of their 2-D spectra "
