@@ -959,6 +959,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of an extra L1 between the output and the teacher's, both blurred by 1 px")
     p.add_argument("--lambda-gan-detail", type=float, default=Settings.lambda_gan_detail,
                    help="weight of the fine-detail GAN (pixel_spectral_hfgan)")
+    p.add_argument("--detail-d-ndf", type=int, default=Settings.detail_d_ndf,
+                   help="the fine-detail D's width (PatchGAN ndf)")
     p.add_argument("--detail-sigma", type=float, default=Settings.detail_sigma,
                    help="the fine-detail D judges each image minus its Gaussian blur of N px")
     p.add_argument("--detail-d-lr-scale", type=float, default=Settings.detail_d_lr_scale,
@@ -988,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
                  crop=a.crop, crop_align=a.crop_align, flip=not a.no_flip, lr=a.lr, train_views=a.train_views,
                  lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
                  lambda_gan_detail=a.lambda_gan_detail, lambda_coarse=a.lambda_coarse, detail_d_lr_scale=a.detail_d_lr_scale,
-                 detail_sigma=a.detail_sigma,
+                 detail_sigma=a.detail_sigma, detail_d_ndf=a.detail_d_ndf,
                  colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads,
                  extra_train=[f.resolve() for f in a.extra_train], extra_train_images=a.extra_train_images, ema=a.ema, latency=not a.no_latency, log_every=a.log_every,
