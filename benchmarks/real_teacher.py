@@ -133,6 +133,8 @@ class Settings:
     detail_d_ndf: int = 32  # ... its D: a quarter of the PatchGAN's MACs ...
     detail_d_lr_scale: float = 0.1  # ... at a tenth of the student's rate ...
     detail_sigma: float = 1.0  # ... judging each image minus its blur of this many px (2: an octave lower)
+    lambda_feature: float = 0.0  # MSE of the teacher's inner features, the student's mapped by a 1x1 conv
+    feature_taps: tuple[int, ...] = (9, 12, 15, 18)  # generator.model indices: the encoder's end, blocks 3/6/9
     lambda_spectral: float = 20.0
     spectral_min_freq: float = 0.25  # cycles per pixel: the band whose amplitudes the spectral term matches
     spectral_pool: int = 1  # compare the RMS amplitude of pool x pool blocks of bins (1: each bin)
@@ -358,13 +360,17 @@ def build_perceptual(s: Settings):
     return terms
 
 
-def random_batch(split: Split, rng: random.Random, s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random crop and flip of each (input, cached teacher output) pair."""
+def random_batch(split: Split, rng: random.Random, s: Settings,
+                 picked: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random crop and flip of each (input, cached teacher output) pair; ``picked`` collects
+    the photos' indices."""
     from crdtool.train.teacher_cache import crop_pair
 
     xs, ts = [], []
     for _ in range(s.batch):
         i = rng.randrange(len(split.files))
+        if picked is not None:
+            picked.append(i)
         top, left = rng.randint(0, s.size - s.crop), rng.randint(0, s.size - s.crop)
         top, left = top - top % s.crop_align, left - left % s.crop_align
         flip = rng.random() < 0.5 and s.flip
@@ -374,12 +380,64 @@ def random_batch(split: Split, rng: random.Random, s: Settings) -> tuple[torch.T
     return torch.stack(xs), torch.stack(ts)
 
 
+class FeatureDistill:
+    """The teacher's inner features as a target (GAN Compression's distillation): at each tap, the student's
+    features pass through a 1x1 conv to the teacher's width, and their MSE to the teacher's is the loss.
+
+    The teacher's features of every training photo are computed once (``teacher_features``); whole,
+    unmirrored photos only, so that a photo's features are the same at every step. The 1x1 convs train
+    with the student and are not part of it."""
+
+    def __init__(self, s: Settings, student: torch.nn.Module, targets: dict[int, torch.Tensor]):
+        self.s, self.targets, self.seen = s, targets, {}
+        self.maps = torch.nn.ModuleList()
+        for tap, target in targets.items():
+            width = student.model[tap].conv_block[-1].num_features if tap > 9 else _encoder_width(student)
+            self.maps.append(torch.nn.Conv2d(width, target.shape[1], 1))
+            student.model[tap].register_forward_hook(self._keep(tap))
+
+    def _keep(self, tap: int):
+        def hook(_module, _inputs, output):
+            self.seen[tap] = output
+        return hook
+
+    def loss(self, picked: list[int]) -> torch.Tensor:
+        index = torch.tensor(picked)
+        return self.s.lambda_feature * sum(
+            F.mse_loss(m(self.seen[tap]), target[index].float())
+            for m, (tap, target) in zip(self.maps, self.targets.items())) / len(self.targets)
+
+
+def _encoder_width(gen: torch.nn.Module) -> int:
+    return [m for m in gen.model[:10] if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+
+
+def teacher_features(s: Settings, teacher: torch.nn.Module, split: Split) -> dict[int, torch.Tensor]:
+    """The teacher's features at ``s.feature_taps`` for every photo of ``split``, in float16 (4 taps of
+    100 photos: 0.8 GB)."""
+    if s.crop != s.size or s.flip or s.train_views:
+        raise SystemExit("--lambda-feature needs whole, unmirrored photos: --crop 256 --no-flip, no --train-views")
+    seen: dict[int, list[torch.Tensor]] = {t: [] for t in s.feature_taps}
+    hooks = [teacher.model[t].register_forward_hook(lambda _m, _i, o, t=t: seen[t].append(o.half()))
+             for t in s.feature_taps]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(split.files), 4):
+            teacher(split.inputs[i:i + 4])
+    for h in hooks:
+        h.remove()
+    log(f"teacher features at taps {list(s.feature_taps)}: {len(split.files)} photos "
+        f"({time.perf_counter() - t0:.0f} s)")
+    return {t: torch.cat(v) for t, v in seen.items()}
+
+
 def lr_factor(s: Settings, step: int) -> float:
     start = int(s.decay_from * s.steps)
     return 1.0 if step < start else max(0.0, 1.0 - (step - start) / max(1, s.steps - start))
 
 
-def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual) -> tuple[Any, dict[str, Any]]:
+def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual,
+              features: dict[int, torch.Tensor] | None = None) -> tuple[Any, dict[str, Any]]:
     from crdtool.models import build_generator
 
     torch.manual_seed(seed)
@@ -387,14 +445,20 @@ def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual) -> tup
     student = build_generator(student_spec(arm, s)).train()
     averages = {d: WeightAverage(d, start_step=int(s.decay_from * s.steps)) for d in s.ema}
     losses = Losses(s, arm, perceptual)
-    opt = torch.optim.Adam(student.parameters(), lr=s.lr, betas=s.betas)
+    distill = FeatureDistill(s, student, features) if features else None
+    params = list(student.parameters()) + (list(distill.maps.parameters()) if distill else [])
+    opt = torch.optim.Adam(params, lr=s.lr, betas=s.betas)
     t0, running = time.perf_counter(), {}
     for step in range(s.steps):
         for g in opt.param_groups:
             g["lr"] = s.lr * lr_factor(s, step)
-        x, t = random_batch(train, rng, s)
+        picked: list[int] = []
+        x, t = random_batch(train, rng, s, picked)
         out = student(x)
         loss, parts = losses.student_loss(out, t)
+        if distill is not None:
+            feature = distill.loss(picked)
+            loss, parts["feature"] = loss + feature, float(feature.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -500,7 +564,8 @@ def run_dir(s: Settings, arm: str, seed: int) -> Path:
     return s.results_dir / "real_teacher" / "runs" / f"{arm}-seed{seed}"
 
 
-def run_arm(s: Settings, arm: str, seed: int, splits: dict[str, Split], perceptual) -> dict:
+def run_arm(s: Settings, arm: str, seed: int, splits: dict[str, Split], perceptual,
+            features: dict[int, torch.Tensor] | None = None) -> dict:
     from crdtool.fileio import write_json_atomic
     from crdtool.models.checkpoints import save_generator
 
@@ -510,7 +575,7 @@ def run_arm(s: Settings, arm: str, seed: int, splits: dict[str, Split], perceptu
         log(f"{arm} seed {seed}: done before, skipped")
         return json.loads(done.read_text())
     log(f"{arm} seed {seed}: training {s.steps} steps")
-    raw, averaged, timing = train_arm(s, arm, seed, splits["train"], perceptual)
+    raw, averaged, timing = train_arm(s, arm, seed, splits["train"], perceptual, features)
     variants = {"raw": raw, **averaged}
     student = variants.pop(variant_name(s.ema[0])) if s.ema else variants.pop("raw")
     save_generator(student, folder / "student.safetensors")
@@ -966,6 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the fine-detail D judges each image minus its Gaussian blur of N px")
     p.add_argument("--detail-d-lr-scale", type=float, default=Settings.detail_d_lr_scale,
                    help="the fine-detail D's rate as a multiple of --lr")
+    p.add_argument("--lambda-feature", type=float, default=Settings.lambda_feature,
+                   help="weight of the MSE to the teacher's inner features (needs --crop 256 --no-flip)")
     p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
     p.add_argument("--skip-filter", action="store_true", help="a learned 3x3 filter per channel on the colour "
                    "skip's input (use another --results-dir: the default arms are without it)")
@@ -992,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
                  lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
                  lambda_gan_detail=a.lambda_gan_detail, lambda_coarse=a.lambda_coarse,
                  detail_d_lr_scale=a.detail_d_lr_scale, detail_sigma=a.detail_sigma, detail_d_ndf=a.detail_d_ndf,
+                 lambda_feature=a.lambda_feature,
                  colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads,
                  extra_train=[f.resolve() for f in a.extra_train], extra_train_images=a.extra_train_images,
@@ -1020,9 +1088,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.aggregate_only:
         finish(s, splits, refs, speed, cache, latency=False)
         return 0
+    pending = [(a, k) for k in s.seeds for a in s.arms if not (run_dir(s, a, k) / "metrics.json").is_file()]
+    features = teacher_features(s, teacher, splits["train"]) if s.lambda_feature and pending else None
     for k, seed in enumerate(s.seeds):  # seed 0 of every arm first; FID (slow) after each seed's arms
         for arm in s.arms:
-            run_arm(s, arm, seed, splits, perceptual)
+            run_arm(s, arm, seed, splits, perceptual, features)
             finish(s, splits, refs, speed, cache, latency=False)
         refs = references(s, splits, scorer)
         log(f"references: input {refs['input']}, teacher floor {refs['teacher_ref_split']}")
