@@ -949,7 +949,8 @@ def write_markdown(res: dict, path: Path) -> None:
               f"{', no flips' if not st.get('flip', True) else ''}"
               f"{views_note(st.get('train_views') or [])}, Adam lr {st['lr']} "
               f"betas {st['betas']}, linear decay over the last {int(100 * (1 - st['decay_from']))}% of steps; "
-              f"lambda pixel {st['lambda_pixel']}{coarse_note(st)}, CRD {st['lambda_crd']}, GAN {st['lambda_gan']}"
+              f"lambda pixel {st['lambda_pixel']}{coarse_note(st)}{feature_note(st)}, CRD {st['lambda_crd']}, "
+              f"GAN {st['lambda_gan']}"
               f"{detail_gan_note(st)}{ema_note(st)}, detail "
               f"{st.get('lambda_detail')}, spectral {st.get('lambda_spectral')} (from {st.get('spectral_min_freq')} "
               f"cycles/px{pool_note(st.get('spectral_pool', 1))}); "
@@ -961,6 +962,11 @@ def write_markdown(res: dict, path: Path) -> None:
 
 def coarse_note(st: dict) -> str:
     return f" (+ {st['lambda_coarse']} on both blurred by 1 px)" if st.get("lambda_coarse") else ""
+
+
+def feature_note(st: dict) -> str:
+    return (f", teacher features {st['lambda_feature']} (MSE at generator.model {list(st['feature_taps'])})"
+            if st.get("lambda_feature") else "")
 
 
 def variant_lines(arms: dict) -> list[str]:
