@@ -30,6 +30,11 @@ Arms, at equal budget (same student, images, steps, seeds; only the loss differs
   lowpass_spectral  (extra row) L1 of the outputs blurred by a 1 px Gaussian, plus the amplitude loss:
                the fine texture is asked for only by its energy, never by a pixel-exact match
 
+``--lambda-distill W`` adds crdtool's feature distillation (``loss.lambda_distill``) to an arm: the MSE
+between the teacher's features after its residual blocks 0 (the encoder's end), 3, 6 and 9 and the
+student's, each mapped to the teacher's width by a learned 1x1 conv. The teacher's features of every
+training photo are computed once, so it needs whole, unmirrored photos (``--crop 256 --no-flip``).
+
 Metrics on testA (never trained on), against the teacher's outputs: PSNR and SSIM, and two kinds
 of FID/KID (TF-Inception pool3):
 
@@ -133,8 +138,8 @@ class Settings:
     detail_d_ndf: int = 32  # ... its D: a quarter of the PatchGAN's MACs ...
     detail_d_lr_scale: float = 0.1  # ... at a tenth of the student's rate ...
     detail_sigma: float = 1.0  # ... judging each image minus its blur of this many px (2: an octave lower)
-    lambda_feature: float = 0.0  # MSE of the teacher's inner features, the student's mapped by a 1x1 conv
-    feature_taps: tuple[int, ...] = (9, 12, 15, 18)  # generator.model indices: the encoder's end, blocks 3/6/9
+    lambda_distill: float = 0.0  # MSE of the teacher's inner features, the student's mapped by a 1x1 conv
+    distill_blocks: tuple[int, ...] = (0, 3, 6, 9)  # after these residual blocks (0: the encoder's end)
     lambda_spectral: float = 20.0
     spectral_min_freq: float = 0.25  # cycles per pixel: the band whose amplitudes the spectral term matches
     spectral_pool: int = 1  # compare the RMS amplitude of pool x pool blocks of bins (1: each bin)
@@ -380,55 +385,26 @@ def random_batch(split: Split, rng: random.Random, s: Settings,
     return torch.stack(xs), torch.stack(ts)
 
 
-class FeatureDistill:
-    """The teacher's inner features as a target (GAN Compression's distillation): at each tap, the student's
-    features pass through a 1x1 conv to the teacher's width, and their MSE to the teacher's is the loss.
+def teacher_features(s: Settings, teacher: torch.nn.Module, split: Split) -> list[torch.Tensor]:
+    """The teacher's features after ``s.distill_blocks`` for every photo of ``split``, in float16 (four taps
+    of 100 photos: 0.8 GB): computed once, as crdtool's teacher cache does for ``loss.lambda_distill``."""
+    from crdtool.losses import FeatureCapture
+    from crdtool.models.resnet import residual_taps
 
-    The teacher's features of every training photo are computed once (``teacher_features``); whole,
-    unmirrored photos only, so that a photo's features are the same at every step. The 1x1 convs train
-    with the student and are not part of it."""
-
-    def __init__(self, s: Settings, student: torch.nn.Module, targets: dict[int, torch.Tensor]):
-        self.s, self.targets, self.seen = s, targets, {}
-        self.maps = torch.nn.ModuleList()
-        for tap, target in targets.items():
-            width = student.model[tap].conv_block[-1].num_features if tap > 9 else _encoder_width(student)
-            self.maps.append(torch.nn.Conv2d(width, target.shape[1], 1))
-            student.model[tap].register_forward_hook(self._keep(tap))
-
-    def _keep(self, tap: int):
-        def hook(_module, _inputs, output):
-            self.seen[tap] = output
-        return hook
-
-    def loss(self, picked: list[int]) -> torch.Tensor:
-        index = torch.tensor(picked)
-        return self.s.lambda_feature * sum(
-            F.mse_loss(m(self.seen[tap]), target[index].float())
-            for m, (tap, target) in zip(self.maps, self.targets.items())) / len(self.targets)
-
-
-def _encoder_width(gen: torch.nn.Module) -> int:
-    return [m for m in gen.model[:10] if isinstance(m, torch.nn.Conv2d)][-1].out_channels
-
-
-def teacher_features(s: Settings, teacher: torch.nn.Module, split: Split) -> dict[int, torch.Tensor]:
-    """The teacher's features at ``s.feature_taps`` for every photo of ``split``, in float16 (4 taps of
-    100 photos: 0.8 GB)."""
     if s.crop != s.size or s.flip or s.train_views:
-        raise SystemExit("--lambda-feature needs whole, unmirrored photos: --crop 256 --no-flip, no --train-views")
-    seen: dict[int, list[torch.Tensor]] = {t: [] for t in s.feature_taps}
-    hooks = [teacher.model[t].register_forward_hook(lambda _m, _i, o, t=t: seen[t].append(o.half()))
-             for t in s.feature_taps]
+        raise SystemExit("--lambda-distill needs whole, unmirrored photos: --crop 256 --no-flip, no --train-views")
+    taps = residual_taps(teacher, list(s.distill_blocks))[0]
+    seen: list[list[torch.Tensor]] = [[] for _ in taps]
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(split.files), 4):
-            teacher(split.inputs[i:i + 4])
-    for h in hooks:
-        h.remove()
-    log(f"teacher features at taps {list(s.feature_taps)}: {len(split.files)} photos "
+            with FeatureCapture(taps) as got:
+                teacher(split.inputs[i:i + 4])
+            for kept, f in zip(seen, got):
+                kept.append(f.half())
+    log(f"teacher features after blocks {list(s.distill_blocks)}: {len(split.files)} photos "
         f"({time.perf_counter() - t0:.0f} s)")
-    return {t: torch.cat(v) for t, v in seen.items()}
+    return [torch.cat(v) for v in seen]
 
 
 def lr_factor(s: Settings, step: int) -> float:
@@ -437,16 +413,21 @@ def lr_factor(s: Settings, step: int) -> float:
 
 
 def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual,
-              features: dict[int, torch.Tensor] | None = None) -> tuple[Any, dict[str, Any]]:
+              features: list[torch.Tensor] | None = None) -> tuple[Any, dict[str, Any]]:
+    """``features``: the teacher's features of each training photo (``teacher_features``), for the
+    feature-distillation term; its 1x1 convs are built after the arm's D and train with the student."""
+    from crdtool.losses import FeatureCapture, FeatureDistillLoss
     from crdtool.models import build_generator
+    from crdtool.models.resnet import residual_taps
 
     torch.manual_seed(seed)
     rng = random.Random(f"real-teacher:{arm}:{seed}")
     student = build_generator(student_spec(arm, s)).train()
     averages = {d: WeightAverage(d, start_step=int(s.decay_from * s.steps)) for d in s.ema}
     losses = Losses(s, arm, perceptual)
-    distill = FeatureDistill(s, student, features) if features else None
-    params = list(student.parameters()) + (list(distill.maps.parameters()) if distill else [])
+    taps, width = residual_taps(student, list(s.distill_blocks)) if features else ([], 0)
+    distill = FeatureDistillLoss(width, features[0].shape[1], len(taps)) if features else None
+    params = list(student.parameters()) + (list(distill.parameters()) if distill else [])
     opt = torch.optim.Adam(params, lr=s.lr, betas=s.betas)
     t0, running = time.perf_counter(), {}
     for step in range(s.steps):
@@ -454,11 +435,12 @@ def train_arm(s: Settings, arm: str, seed: int, train: Split, perceptual,
             g["lr"] = s.lr * lr_factor(s, step)
         picked: list[int] = []
         x, t = random_batch(train, rng, s, picked)
-        out = student(x)
+        with FeatureCapture(taps) as got:
+            out = student(x)
         loss, parts = losses.student_loss(out, t)
         if distill is not None:
-            feature = distill.loss(picked)
-            loss, parts["feature"] = loss + feature, float(feature.detach())
+            inner = s.lambda_distill * distill(got, [f[picked].float() for f in features])
+            loss, parts["distill"] = loss + inner, float(inner.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -565,7 +547,7 @@ def run_dir(s: Settings, arm: str, seed: int) -> Path:
 
 
 def run_arm(s: Settings, arm: str, seed: int, splits: dict[str, Split], perceptual,
-            features: dict[int, torch.Tensor] | None = None) -> dict:
+            features: list[torch.Tensor] | None = None) -> dict:
     from crdtool.fileio import write_json_atomic
     from crdtool.models.checkpoints import save_generator
 
@@ -965,8 +947,8 @@ def coarse_note(st: dict) -> str:
 
 
 def feature_note(st: dict) -> str:
-    return (f", teacher features {st['lambda_feature']} (MSE at generator.model {list(st['feature_taps'])})"
-            if st.get("lambda_feature") else "")
+    return (f", teacher features {st['lambda_distill']} (after blocks {list(st['distill_blocks'])})"
+            if st.get("lambda_distill") else "")
 
 
 def variant_lines(arms: dict) -> list[str]:
@@ -1037,8 +1019,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the fine-detail D judges each image minus its Gaussian blur of N px")
     p.add_argument("--detail-d-lr-scale", type=float, default=Settings.detail_d_lr_scale,
                    help="the fine-detail D's rate as a multiple of --lr")
-    p.add_argument("--lambda-feature", type=float, default=Settings.lambda_feature,
-                   help="weight of the MSE to the teacher's inner features (needs --crop 256 --no-flip)")
+    p.add_argument("--lambda-distill", "--lambda-feature", type=float, default=Settings.lambda_distill,
+                   help="weight of the MSE to the teacher's inner features (needs --crop 256 --no-flip; "
+                   "--lambda-feature is its earlier name)")
     p.add_argument("--no-colour-skip", action="store_true", help="the student's skip passes the input unchanged")
     p.add_argument("--skip-filter", action="store_true", help="a learned 3x3 filter per channel on the colour "
                    "skip's input (use another --results-dir: the default arms are without it)")
@@ -1065,7 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
                  lambda_spectral=a.lambda_spectral, spectral_pool=a.spectral_pool,
                  lambda_gan_detail=a.lambda_gan_detail, lambda_coarse=a.lambda_coarse,
                  detail_d_lr_scale=a.detail_d_lr_scale, detail_sigma=a.detail_sigma, detail_d_ndf=a.detail_d_ndf,
-                 lambda_feature=a.lambda_feature,
+                 lambda_distill=a.lambda_distill,
                  colour_skip=not a.no_colour_skip, skip_filter=a.skip_filter,
                  train_images=a.train_images, threads=a.threads,
                  extra_train=[f.resolve() for f in a.extra_train], extra_train_images=a.extra_train_images,
@@ -1095,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
         finish(s, splits, refs, speed, cache, latency=False)
         return 0
     pending = [(a, k) for k in s.seeds for a in s.arms if not (run_dir(s, a, k) / "metrics.json").is_file()]
-    features = teacher_features(s, teacher, splits["train"]) if s.lambda_feature and pending else None
+    features = teacher_features(s, teacher, splits["train"]) if s.lambda_distill and pending else None
     for k, seed in enumerate(s.seeds):  # seed 0 of every arm first; FID (slow) after each seed's arms
         for arm in s.arms:
             run_arm(s, arm, seed, splits, perceptual, features)

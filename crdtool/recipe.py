@@ -151,6 +151,12 @@ class LossConfig(RecipeSection):
     spectral_pool: int = Field(1, ge=1, description=(
         "compare the RMS amplitude of each N x N block of frequency bins, not each bin: the energy of a "
         "grain-like texture, whose per-bin amplitudes are random"))
+    lambda_distill: float = Field(0.0, ge=0, description=(
+        "MSE between the teacher's inner features and the student's, each mapped to the teacher's width by a "
+        "learned 1x1 conv (GAN Compression's distillation); needs a pretrained teacher, and both generators of "
+        "the resnet family"))
+    distill_blocks: list[int] = Field(default_factory=lambda: [0, 3, 6, 9], min_length=1, description=(
+        "where the features are compared: after these residual blocks (0: the encoder's end, before the first)"))
     lambda_hr: float = Field(1.0, ge=0, description="task sr: L1 between the student's output and the HR image")
     lambda_gan: float = Field(1.0, ge=0)
     lambda_cycle: float = Field(10.0, ge=0)

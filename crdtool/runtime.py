@@ -261,8 +261,11 @@ class Runtime:
         return self.scalers[name]
 
     def backward_step(self, name: str, opt: torch.optim.Optimizer, loss: torch.Tensor,
-                      all_reduce: bool = False) -> None:
+                      all_reduce: bool | Iterable[torch.nn.Parameter] = False) -> None:
         """zero_grad, backward, (average across ranks), step: with loss scaling under fp16.
+
+        ``all_reduce``: True averages every parameter of ``opt``; an iterable, only those (the ones a DDP
+        wrapper does not already average).
 
         Gradients are averaged while still scaled (averaging is linear), so an inf/NaN on any rank
         reaches every rank and all of them skip the step together.
@@ -270,8 +273,9 @@ class Runtime:
         opt.zero_grad(set_to_none=True)
         scaler = self._scaler(name)
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        if all_reduce:
-            self.all_reduce_grads(p for g in opt.param_groups for p in g["params"])
+        reduce = [p for g in opt.param_groups for p in g["params"]] if all_reduce is True else list(all_reduce or [])
+        if reduce:
+            self.all_reduce_grads(reduce)
         if scaler is None:
             opt.step()
         else:

@@ -291,7 +291,9 @@ def test_teacher_cache_is_bypassed_for_a_batch_statistics_teacher(tmp_path, cach
         together = d.G_A(x)  # batch statistics of both crops
         alone = d.G_A(x[:1])
     assert not torch.allclose(together[:1], alone, atol=1e-3), "the batch must matter for this teacher"
-    torch.testing.assert_close(d.steps["student"].teacher_outputs(batch, x), together)
+    out, features = d.steps["student"].teacher_outputs(batch, x)
+    torch.testing.assert_close(out, together)
+    assert features is None  # no feature distillation
 
 
 def test_teacher_cache_still_serves_an_instance_norm_teacher(tmp_path):
@@ -318,7 +320,7 @@ def test_online_teacher_cache_translates_each_image_once_per_round(tmp_path):
     assert cache.digest == weights_digest(d.nets.teacher)
     # what the student is given: the teacher's output of the whole resized image, cut where A was cut
     batch = first_batch(d)
-    served = d.steps["student"].teacher_outputs(batch, batch["A"])
+    served, _ = d.steps["student"].teacher_outputs(batch, batch["A"])
     from crdtool.data.images import load_image
     from crdtool.data.transforms import eval_transform
 
@@ -351,7 +353,7 @@ def test_spectral_term_and_aligned_unflipped_crops_from_the_recipe(tmp_path):
     batch = first_batch(d)
     crops = batch["A_crop"]
     assert (crops[:, :2] % 4 == 0).all() and (crops[:, 2] == 0).all()
-    teacher_out = d.steps["student"].teacher_outputs(batch, batch["A"])
+    teacher_out, _ = d.steps["student"].teacher_outputs(batch, batch["A"])
     with torch.no_grad():
         s, terms = d.steps["student"].terms(batch["A"], teacher_out)
         expected = 5.0 * SpectralAmplitudeLoss(0.2)(s, teacher_out)

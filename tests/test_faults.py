@@ -113,8 +113,8 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monk
     r = tiny_recipe(tmp_path, data={"synth": SMALL}, train={"max_steps": 12, "checkpoint_every": 5})
     real, calls = StudentStep.terms, [0]
 
-    def poisoned(self, real_A, teacher_out):
-        s, terms = real(self, real_A, teacher_out)
+    def poisoned(self, real_A, teacher_out, *rest):
+        s, terms = real(self, real_A, teacher_out, *rest)
         calls[0] += 1
         if calls[0] == 7:  # the 7th student step = global step 15 (after 8 teacher steps)
             terms["crd"] = terms["crd"] * float("nan")

@@ -85,6 +85,23 @@ def generator_output(gen: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return residual_output(gen.colour_skip(x, features), gen.model[gen.bottleneck:](features))
 
 
+def residual_taps(gen: nn.Module, blocks: list[int]) -> tuple[list[nn.Module], int]:
+    """The modules whose outputs are a resnet-family generator's features after residual block k, for each
+    k of ``blocks`` (0: the encoder's end, before the first block), and the width of those features (the
+    same at every block). ``ValueError`` for a generator without residual blocks or a k out of range."""
+    model = getattr(gen, "model", None)
+    model = model if isinstance(model, nn.Sequential) else nn.Sequential()
+    first = next((i for i, m in enumerate(model) if hasattr(m, "conv_block")), None)
+    if first is None:
+        raise ValueError(f"{type(gen).__name__} has no residual blocks (a resnet or mobile_resnet generator has)")
+    n = sum(hasattr(m, "conv_block") for m in model)
+    for k in blocks:
+        if not 0 <= k <= n:
+            raise ValueError(f"block {k} is not in 0..{n} ({type(gen).__name__} has {n} residual blocks)")
+    width = [m for m in model[:first] if isinstance(m, nn.Conv2d)][-1].out_channels
+    return [model[first - 1 + k] for k in blocks], width
+
+
 class ResnetGenerator(nn.Module):
     """CycleGAN generator: 56.80 GMACs / 11.378M params at ngf=64, 9 blocks, 256x256."""
 

@@ -11,6 +11,7 @@ import torch
 
 from crdtool.errors import CrdError
 from crdtool.models import generator_stride
+from crdtool.models.resnet import residual_taps
 from crdtool.recipe import Recipe
 from crdtool.runtime import Runtime
 from crdtool.train.criteria import Criteria, build_criteria
@@ -134,7 +135,17 @@ def make_teacher_cache(recipe: Recipe, nets: Networks, kind: str, run_dir: Path,
         " once"
     notes.append(f"teacher cache: each training image is translated{when}, whole at {d.load_size} px, and "
                  f"kept {where}; the student's crops are cut from that output")
-    return TeacherCache(nets.teacher, folder)
+    if nets.distill is None:
+        return TeacherCache(nets.teacher, folder)
+    s = generator_stride(recipe.teacher.spec())
+    if d.crop_size != d.load_size and d.crop_align % s:
+        raise CrdError(f"{src}: loss.lambda_distill with train.teacher_cache needs data.crop_align a multiple of "
+                       f"{s}: the cached features of a photo are cut at the crop's offsets, on their {s}-pixel grid")
+    blocks = recipe.loss.distill_blocks
+    notes.append(f"teacher cache: also the teacher's features after blocks {blocks} (loss.lambda_distill)"
+                 + (", on disk only: they are large" if folder is not None else ""))
+    return TeacherCache(nets.teacher, folder, taps=residual_taps(nets.teacher, blocks)[0],
+                        taps_id="blocks" + ",".join(map(str, blocks)))
 
 
 def build_run(recipe: Recipe, rt: Runtime, run_dir: Path) -> RunParts:
@@ -160,7 +171,8 @@ def build_run(recipe: Recipe, rt: Runtime, run_dir: Path) -> RunParts:
     ctx = StepContext(rt, nets, opts, criteria, progress, NonfiniteGuard(t.nonfinite, run_dir, progress), recipe.loss)
     student = StudentStep(ctx, pretrained=kind == "pretrained", paired=recipe.task == "pix2pix", d_real=d_real,
                           d_mode=recipe.discriminator.student, cache=cache, load_size=recipe.data.load_size,
-                          crop_size=recipe.data.crop_size, d_sees=recipe.discriminator.sees)
+                          crop_size=recipe.data.crop_size, d_sees=recipe.discriminator.sees,
+                          distill_blocks=recipe.loss.distill_blocks)
     steps: dict[str, Callable[..., dict[str, float]]] = {"student": student}
     if kind == "cyclegan":
         steps["teacher"] = CycleGANTeacherStep(ctx, pools["A"], pools["B"])

@@ -14,14 +14,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from crdtool.errors import CrdError
+from crdtool.losses import FeatureDistillLoss
 from crdtool.models import build_discriminator, build_generator
 from crdtool.models.checkpoints import load_generator
+from crdtool.models.resnet import residual_taps
 from crdtool.recipe import Recipe
 from crdtool.runtime import Runtime
 from crdtool.train import state as ckpt
 from crdtool.train.weight_average import WeightAverage, exported
 
-MODULES = ("G_A", "G_B", "student", "D_A", "D_B")
+MODULES = ("G_A", "G_B", "student", "D_A", "D_B", "distill")
 OPTIMIZERS = ("opt_S", "opt_G", "opt_D")
 
 
@@ -66,7 +69,8 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 @dataclass
 class Networks:
-    """Teacher generators (G_A, and G_B for an online CycleGAN), student, discriminators.
+    """Teacher generators (G_A, and G_B for an online CycleGAN), student, discriminators, and the 1x1 convs of
+    the feature distillation (``distill``, loss.lambda_distill > 0: trained with the student, never exported).
 
     ``fwd`` holds what the steps call: the same modules, except the student may be DDP-wrapped or
     compiled. ``best_G_A`` is the frozen best A->B teacher so far (train.teacher_select = "fid").
@@ -78,6 +82,7 @@ class Networks:
     D_A: nn.Module | None
     D_B: nn.Module | None
     best_G_A: nn.Module | None = None
+    distill: nn.Module | None = None
     teacher_batchnorm_layers: int = 0  # > 0: the teacher normalises with each batch's statistics
     student_average: WeightAverage | None = None  # train.ema_decay > 0: the student's weight average
     fwd: dict[str, nn.Module | None] = field(default_factory=dict)
@@ -122,7 +127,9 @@ def build_networks(recipe: Recipe, rt: Runtime, kind: str) -> Networks:
     D_B = build_discriminator(3, disc.ndf, disc.n_layers, disc.norm) if G_B is not None else None
     if disc.checkpoint is not None and D_A is not None:  # a resumed run's checkpoint overrides this later
         ckpt.load_discriminator_weights(D_A, disc.checkpoint)
-    nets = Networks(*(rt.module(m) if m is not None else None for m in (G_A, G_B, student, D_A, D_B)))
+    distill = feature_distill(recipe, G_A, student, pretrained) if recipe.loss.lambda_distill > 0 else None
+    nets = Networks(*(rt.module(m) if m is not None else None for m in (G_A, G_B, student, D_A, D_B)),
+                    distill=rt.module(distill) if distill is not None else None)
     if pretrained:
         nets.G_A.eval()
         set_requires_grad([nets.G_A], False)
@@ -130,6 +137,21 @@ def build_networks(recipe: Recipe, rt: Runtime, kind: str) -> Networks:
             nets.teacher_batchnorm_layers = use_batch_statistics(nets.G_A)
     nets.fwd = {name: getattr(nets, name) for name in MODULES}
     return nets
+
+
+def feature_distill(recipe: Recipe, teacher: nn.Module, student: nn.Module, pretrained: bool) -> FeatureDistillLoss:
+    """The 1x1 convs and MSE of loss.lambda_distill, between the two generators' features at loss.distill_blocks."""
+    src = recipe.source or "recipe"
+    if not pretrained:
+        raise CrdError(f"{src}: loss.lambda_distill needs a pretrained teacher (teacher.checkpoint): an online "
+                       f"teacher's features change while it trains")
+    widths = []
+    for role, gen in (("teacher", teacher), ("student", student)):
+        try:
+            widths.append(residual_taps(gen, recipe.loss.distill_blocks)[1])
+        except ValueError as e:
+            raise CrdError(f"{src}: loss.distill_blocks: the {role}: {e}") from None
+    return FeatureDistillLoss(widths[1], widths[0], len(recipe.loss.distill_blocks))
 
 
 def distribute(nets: Networks, rt: Runtime) -> None:
@@ -160,6 +182,8 @@ class Optimizers:
     opt_G: torch.optim.Optimizer | None
     opt_D: torch.optim.Optimizer | None
     d_lr_scale: float = 1.0  # discriminator.lr_scale: D's rate over the teacher's
+    student_extra: list[nn.Parameter] = field(default_factory=list)  # in opt_S, outside the student's DDP
+    # wrapper (the feature-distillation convs): their gradients are averaged here
 
     def named(self) -> Iterator[tuple[str, torch.optim.Optimizer]]:
         for name in OPTIMIZERS:
@@ -170,7 +194,7 @@ class Optimizers:
     def step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         name = next(n for n, o in self.named() if o is opt)  # names the fp16 scaler in checkpoints
         # the student's DDP wrapper already averaged its gradients; the others are averaged here
-        self.rt.backward_step(name, opt, loss, all_reduce=opt is not self.opt_S)
+        self.rt.backward_step(name, opt, loss, all_reduce=self.student_extra if opt is self.opt_S else True)
 
     def set_lrs(self, teacher_lr: float, student_lr: float) -> None:
         for opt, lr in ((self.opt_G, teacher_lr), (self.opt_S, student_lr),
@@ -194,4 +218,5 @@ def build_optimizers(recipe: Recipe, rt: Runtime, nets: Networks) -> Optimizers:
     opt_G = over(nets.G_A, nets.G_B) if recipe.teacher.checkpoint is None else None
     scale = recipe.discriminator.lr_scale
     opt_D = over(nets.D_A, nets.D_B, lr_scale=scale) if nets.D_A is not None else None
-    return Optimizers(rt, over(nets.student), opt_G, opt_D, scale)
+    extra = list(nets.distill.parameters()) if nets.distill is not None else []
+    return Optimizers(rt, over(nets.student, nets.distill), opt_G, opt_D, scale, extra)

@@ -1,6 +1,6 @@
 """The student's step: distil the teacher's output (CRD or instance RKD, pixel L1, high-band amplitude
-spectrum, perceptual terms, and the adversarial term of a frozen discriminator), then, where the schedule
-asks, one discriminator update."""
+spectrum, perceptual terms, and the adversarial term of a frozen discriminator) and its inner features,
+then, where the schedule asks, one discriminator update."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crdtool.errors import CrdError
-from crdtool.losses import fine_detail
+from crdtool.losses import FeatureCapture, fine_detail
+from crdtool.models.resnet import residual_taps
 from crdtool.train.networks import set_requires_grad
 from crdtool.train.step_tools import StepContext, as_floats
 from crdtool.train.teacher_cache import TeacherCache
@@ -19,23 +20,28 @@ class StudentStep:
     """``pretrained``: the teacher is frozen and D keeps learning real vs teacher output here (its "teacher
     step"). ``paired``: D judges (input, output) pairs (Pix2Pix). ``d_real``: "data" or "teacher", what D
     learns as real; ``d_mode``: discriminator.student ("frozen", "updated" or "none"); ``d_sees``:
-    discriminator.sees ("image", or "detail": the fine-detail band alone)."""
+    discriminator.sees ("image", or "detail": the fine-detail band alone). With ``ctx.nets.distill``, the
+    features after ``distill_blocks`` of both generators are compared too (from the cache where it has them)."""
 
     def __init__(self, ctx: StepContext, *, pretrained: bool, paired: bool, d_real: str, d_mode: str,
                  cache: TeacherCache | None = None, load_size: int = 0, crop_size: int = 0,
-                 d_sees: str = "image"):
+                 d_sees: str = "image", distill_blocks: list[int] | None = None):
         self.ctx, self.pretrained, self.paired, self.d_real, self.d_mode = ctx, pretrained, paired, d_real, d_mode
         self.d_sees = d_sees
         self.cache, self.load_size, self.crop_size = cache, load_size, crop_size
+        distills = ctx.nets.distill is not None
+        self.student_taps = residual_taps(ctx.nets.student, distill_blocks)[0] if distills else []
+        self.teacher_taps = residual_taps(ctx.nets.teacher, distill_blocks)[0] if distills else []
 
     def __call__(self, batch: dict[str, torch.Tensor], teacher_out: torch.Tensor | None = None) -> dict[str, float]:
         """One student update; ``teacher_out`` is given by a joint step (the pre-update teacher's output)."""
         ctx = self.ctx
         real_A = ctx.rt.tensor(batch["A"])
+        teacher_features = None
         if teacher_out is None:
-            teacher_out = self.teacher_outputs(batch, real_A)
+            teacher_out, teacher_features = self.teacher_outputs(batch, real_A)
         set_requires_grad([ctx.nets.D_A], False)  # the teacher's D judges the student; it is not trained by it
-        s, terms = self.terms(real_A, teacher_out)
+        s, terms = self.terms(real_A, teacher_out, teacher_features)
         set_requires_grad([ctx.nets.D_A], True)
         if not ctx.update(ctx.opts.opt_S, sum(terms.values()), terms):
             return {}
@@ -52,25 +58,33 @@ class StudentStep:
             ctx.nets.student_average.update(ctx.nets.student, ctx.progress.student_steps - 1)
         return as_floats(terms)
 
-    def teacher_outputs(self, batch: dict[str, torch.Tensor], real_A: torch.Tensor) -> torch.Tensor:
-        """The teacher's outputs for the batch: from the cache where it holds the crops, else computed."""
+    def teacher_outputs(self, batch: dict[str, torch.Tensor],
+                        real_A: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The teacher's outputs for the batch, and its features at the taps (None without feature
+        distillation): from the cache where it holds the crops, else computed."""
+        rt, taps = self.ctx.rt, len(self.teacher_taps)
         if self.cache is not None and "A_crop" in batch:
-            crops = self.cache.batch_crops(list(batch["A_path"]), batch["A_crop"], self.load_size, self.crop_size)
-            return self.ctx.rt.tensor(crops)
+            where = (list(batch["A_path"]), batch["A_crop"], self.load_size, self.crop_size)
+            out = rt.tensor(self.cache.batch_crops(*where))
+            inner = rt.tensor(self.cache.batch_crops(*where, features=True)).chunk(taps, 1) if taps else None
+            return out, inner
         teacher = self.ctx.nets.teacher
-        with torch.inference_mode(), self.ctx.rt.autocast():
+        with torch.inference_mode(), rt.autocast(), FeatureCapture(self.teacher_taps) as got:
             was = teacher.training
             teacher.eval()
             out = teacher(real_A).float()
             teacher.train(was)
-        return out.clone()  # out of inference mode: autograd may save it
+        # clones: out of inference mode, so that autograd may save them
+        return out.clone(), [f.float().clone() for f in got] if taps else None
 
-    def terms(self, real_A: torch.Tensor, teacher_out: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def terms(self, real_A: torch.Tensor, teacher_out: torch.Tensor,
+              teacher_features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The student's output and its loss terms (weights applied)."""
         ctx, L, crit = self.ctx, self.ctx.loss, self.ctx.criteria
         terms: dict[str, torch.Tensor] = {}
         with ctx.rt.autocast():
-            s = ctx.nets.fwd["student"](real_A)
+            with FeatureCapture(self.student_taps) as got:
+                s = ctx.nets.fwd["student"](real_A)
             if crit.crd is not None and L.lambda_crd > 0:
                 terms["crd"] = L.lambda_crd * crit.crd(s.float(), teacher_out.float())
             if crit.irkd is not None and L.lambda_crd > 0:
@@ -85,6 +99,8 @@ class StudentStep:
                 terms["feature"] = L.lambda_feature * feat
             if ctx.nets.D_A is not None and self.d_mode != "none" and L.lambda_gan > 0:
                 terms["gan"] = L.lambda_gan * crit.gan.generator(self._judge(ctx.nets.D_A, real_A, s))
+            if teacher_features is not None:
+                terms["distill"] = L.lambda_distill * ctx.nets.distill(got, teacher_features)
         if not terms:
             raise CrdError("the student has no loss term: enable loss.kd, the perceptual loss or the discriminator")
         return s, terms

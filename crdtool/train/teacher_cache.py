@@ -12,6 +12,10 @@ Entries are keyed by (teacher weights digest, image file content digest, view): 
 edited image or another resize are other entries, never stale hits. They live in memory and,
 with ``folder``, on disk as one float16 ``.npy`` per image under ``folder/<weights digest>/``, so
 separate runs with the same teacher share them.
+
+With ``taps`` (loss.lambda_distill), the same forward also keeps the teacher's inner features at those
+modules, as another entry per image. They are large (the vintagify teacher at 256 px: 8 MB per image for
+four taps, twenty times its output), so with a ``folder`` they are kept on disk only, not in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import torch
 import torch.nn as nn
 
 from crdtool.fileio import write_bytes_atomic
+from crdtool.losses import FeatureCapture
 
+FEATURES = "#features"  # the suffix of a features entry's view
 STORAGE_DTYPE = np.float16  # ~1e-3 relative error: far below the 1/127.5 step of the saved 8-bit images
 
 
@@ -54,10 +60,13 @@ class TeacherCache:
     images of ``paths`` as prepared by ``view`` (e.g. "resize256"); only misses run the teacher.
 
     Counters: ``hits``, ``misses`` (images translated) and ``teacher_calls`` (batches that needed the teacher).
+    ``taps`` / ``taps_id``: modules of ``teacher`` whose outputs are kept too, and a name for that choice.
     """
 
-    def __init__(self, teacher: nn.Module, folder: str | Path | None = None, memory: bool = True):
+    def __init__(self, teacher: nn.Module, folder: str | Path | None = None, memory: bool = True,
+                 taps: Sequence[nn.Module] = (), taps_id: str = ""):
         self.teacher = teacher
+        self.taps, self.taps_id = list(taps), taps_id
         self.digest = weights_digest(teacher)
         self._root = Path(folder) if folder is not None else None
         self.memory: dict[str, torch.Tensor] | None = {} if memory else None
@@ -92,10 +101,17 @@ class TeacherCache:
     def _file(self, key: str) -> Path | None:
         return self.folder / f"{key}.npy" if self.folder is not None else None
 
+    def _in_memory(self, view: str) -> bool:
+        return self.memory is not None and (self.folder is None or not view.endswith(FEATURES))
+
+    def features_view(self, view: str) -> str:
+        """The entry that holds the teacher's features at its taps for images prepared by ``view``."""
+        return f"{view}:{self.taps_id}{FEATURES}"
+
     def lookup(self, path: str | Path, view: str) -> torch.Tensor | None:
         """The cached (3, H, W) float32 output, or None."""
         key = self.key(path, view)
-        if self.memory is not None and key in self.memory:
+        if self._in_memory(view) and key in self.memory:
             return self.memory[key].float()
         file = self._file(key)
         if file is not None and file.is_file():
@@ -103,7 +119,7 @@ class TeacherCache:
                 out = torch.from_numpy(np.load(file, allow_pickle=False))
             except (OSError, ValueError, EOFError):  # a damaged entry is recomputed, not fatal
                 return None
-            if self.memory is not None:
+            if self._in_memory(view):
                 self.memory[key] = out
             return out.float()
         return None
@@ -113,7 +129,7 @@ class TeacherCache:
         and a later hit hand the student exactly the same target."""
         key = self.key(path, view)
         half = output.detach().to("cpu", torch.float32).numpy().astype(STORAGE_DTYPE)
-        if self.memory is not None:
+        if self._in_memory(view):
             self.memory[key] = torch.from_numpy(half)
         file = self._file(key)
         if file is not None:
@@ -131,10 +147,14 @@ class TeacherCache:
 
     @torch.no_grad()
     def outputs_for(self, paths: Sequence[str | Path], view: str,
-                    load_input: Callable[[int], torch.Tensor]) -> torch.Tensor:
+                    load_input: Callable[[int], torch.Tensor], features: bool = False) -> torch.Tensor:
         """(N, 3, H, W) float32 CPU outputs; ``load_input(i)`` gives image i's (3, H, W) input and is
-        called only for misses (a training step with every image cached decodes nothing)."""
-        found: list[torch.Tensor | None] = [self.lookup(p, view) for p in paths]
+        called only for misses (a training step with every image cached decodes nothing). ``features``:
+        the features at the taps instead, concatenated over channels in the taps' order."""
+        if features and not self.taps:
+            raise ValueError("this cache keeps no features: it was made without taps")
+        entry = self.features_view(view) if features else view
+        found: list[torch.Tensor | None] = [self.lookup(p, entry) for p in paths]
         missing = [i for i, t in enumerate(found) if t is None]
         self.hits += len(paths) - len(missing)
         if missing:
@@ -149,14 +169,19 @@ class TeacherCache:
             for i in missing:
                 x = load_input(i)[None]
                 x = x.to(param.device, param.dtype) if param is not None else x
-                found[i] = self.store(paths[i], view, self.teacher(x).float()[0])
+                with FeatureCapture(self.taps) as got:
+                    found[i] = self.store(paths[i], view, self.teacher(x).float()[0])
+                if self.taps:  # one forward pays for both entries
+                    inner = self.store(paths[i], self.features_view(view), torch.cat(got, 1).float()[0])
+                    found[i] = inner if features else found[i]
             self.teacher.train(was_training)
         return torch.stack([t for t in found])  # type: ignore[misc]
 
     def batch_crops(self, paths: Sequence[str | Path], crops: torch.Tensor, load_size: int,
-                    crop_size: int) -> torch.Tensor:
+                    crop_size: int, features: bool = False) -> torch.Tensor:
         """The teacher's outputs for a training batch's crops ((N, 3) top, left, flip), cut from its cached
-        outputs for the whole images resized to ``load_size``: (N, 3, crop_size, crop_size) on the CPU."""
+        outputs for the whole images resized to ``load_size``: (N, 3, crop_size, crop_size) on the CPU.
+        ``features``: the same crops of its features at the taps, whose stride must divide the offsets."""
         rows = [(int(top), int(left), bool(flip)) for top, left, flip in crops.tolist()]
         out: list[torch.Tensor | None] = [None] * len(rows)
         for mirrored in (False, True):
@@ -165,12 +190,17 @@ class TeacherCache:
                 continue
             view = f"resize{load_size}" + ("-mirror" if mirrored else "")
             full = self.outputs_for([paths[i] for i in idx], view,
-                                    lambda j, idx=idx, m=mirrored: _view_input(paths[idx[j]], load_size, m))
+                                    lambda j, idx=idx, m=mirrored: _view_input(paths[idx[j]], load_size, m),
+                                    features)
+            stride = load_size // full.shape[-1]
             for j, i in enumerate(idx):
                 top, left, _ = rows[i]
                 if mirrored:  # crop (top, left) of the image, mirrored = the mirror's crop from the right edge
-                    left = full.shape[-1] - left - crop_size
-                out[i] = crop(full[j], top, left, crop_size)
+                    left = load_size - left - crop_size
+                if top % stride or left % stride or crop_size % stride:
+                    raise ValueError(f"a crop at ({top}, {left}) of {crop_size} px is off the features' "
+                                     f"{stride}-pixel grid")
+                out[i] = crop(full[j], top // stride, left // stride, crop_size // stride)
         return torch.stack(out)  # type: ignore[arg-type]
 
     def summary(self) -> dict[str, int]:
