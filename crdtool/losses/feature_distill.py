@@ -3,8 +3,9 @@
 The student's features at a few points of its network pass through a learned 1x1 convolution each, to
 the teacher's width there, and the loss is their mean squared error to the teacher's features at the
 same points. The teacher's output says what the student must draw; its inner features also say how the
-teacher described the scene on the way, a much richer target per image. On the vintagify teacher this
-lowered the distribution FID of the best student from 77.55 to the 75s (README, "Does it work?").
+teacher described the scene on the way, a much richer target per image. On the vintagify teacher it
+lowered the best student's distribution FID from 77.55 +- 0.56 to 75.24 +- 0.37 over five seeds
+(benchmarks/results/real_teacher_hfgan_gan1_feature/).
 
 The 1x1 convolutions train with the student and are not part of it: the exported student is unchanged.
 """
