@@ -1077,7 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.aggregate_only:
         finish(s, splits, refs, speed, cache, latency=False)
         return 0
-    pending = [(a, k) for k in s.seeds for a in s.arms if not (run_dir(s, a, k) / "metrics.json").is_file()]
+    pending = any(not (run_dir(s, arm, k) / "metrics.json").is_file() for k in s.seeds for arm in s.arms)
     features = teacher_features(s, teacher, splits["train"]) if s.lambda_distill and pending else None
     for k, seed in enumerate(s.seeds):  # seed 0 of every arm first; FID (slow) after each seed's arms
         for arm in s.arms:
